@@ -1,0 +1,208 @@
+"""Public entry points: ``analyze``, ``prune``, ``apply_plan``, ``save_slim``/``load_slim``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import ConfigError, PlanError
+from .flops import count_flops
+from .graph import ChannelGraph, build_channel_graph
+from .plan import PrunePlan, keep_from_plan, make_plan
+from .scoring import class_scores, get_scorer
+from .select import check_ratios, select_channels
+from .surgery import slim
+from .trace import _as_tuple, trace_model
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Settings of one pruning run; round-trips through ``to_dict``/``from_dict``."""
+
+    ratio: float = 0.5
+    min_ratio: float = 0.15
+    scorer: str = "l1"
+    round_to: int | None = None
+    target: str | None = None  # e.g. "flops=0.3": keep 30% of MACs (FLOPs-aware selection)
+
+    def __post_init__(self):
+        check_ratios(self.ratio, self.min_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PruneConfig":
+        known = {k: d[k] for k in ("ratio", "min_ratio", "scorer", "round_to", "target") if k in d}
+        return cls(**known)
+
+
+@dataclass
+class PruneResult:
+    model: fx.GraphModule
+    plan: PrunePlan
+    graph: ChannelGraph
+    keep: np.ndarray
+    params_before: int
+    params_after: int
+    flops_before: int  # MACs
+    flops_after: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def param_reduction(self) -> float:
+        return self.params_before / max(1, self.params_after)
+
+    @property
+    def flops_reduction(self) -> float:
+        return self.flops_before / max(1, self.flops_after)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "macs_before": self.flops_before,
+            "macs_after": self.flops_after,
+            "param_reduction": round(self.param_reduction, 4),
+            "macs_reduction": round(self.flops_reduction, 4),
+            "channels_before": int(self.graph.num_classes),
+            "channels_after": int(self.keep.sum()),
+        }
+
+    def __rich__(self):
+        from rich.table import Table
+
+        t = Table(title="fxprune result", show_lines=False)
+        t.add_column("")
+        t.add_column("dense", justify="right")
+        t.add_column("slim", justify="right")
+        t.add_column("reduction", justify="right")
+        t.add_row("params", f"{self.params_before:,}", f"{self.params_after:,}",
+                  f"{self.param_reduction:.2f}x")
+        t.add_row("MACs", f"{self.flops_before:,}", f"{self.flops_after:,}",
+                  f"{self.flops_reduction:.2f}x")
+        t.add_row("channels", f"{self.graph.num_classes:,}", f"{int(self.keep.sum()):,}",
+                  f"{self.graph.num_classes / max(1, int(self.keep.sum())):.2f}x")
+        return t
+
+
+def analyze(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = ()) -> ChannelGraph:
+    """Trace ``model`` and build its channel-dependency graph."""
+    gm = trace_model(model, example_inputs, leaf_modules)
+    return build_channel_graph(gm)
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float = 0.5,
+    min_ratio: float = 0.15,
+    scorer: Any = "l1",
+    *,
+    round_to: int | None = None,
+    target: str | None = None,
+    leaf_modules: Iterable = (),
+    data: Any = None,
+    graph: ChannelGraph | None = None,
+) -> PruneResult:
+    """Score, select and slim. ``model`` is never modified; the result holds a new,
+    physically smaller GraphModule in ``.model`` and the ``PrunePlan`` in ``.plan``.
+
+    ``ratio`` prunes that fraction of all prunable channels (global ranking);
+    ``min_ratio`` keeps at least that fraction of every group; ``scorer`` is a name
+    from ``fxprune.scoring.SCORERS`` or a callable following the ``Scorer`` protocol;
+    ``data`` is a batch ``(inputs, targets)`` for data-driven scorers (``snip``).
+    """
+    scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", "custom")
+    config = PruneConfig(ratio, min_ratio, scorer_name, round_to, target)
+    inputs = _as_tuple(example_inputs)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if graph is None:
+        graph = analyze(model, inputs, leaf_modules)
+    times["analyze"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    score_fn = get_scorer(scorer)
+    if getattr(score_fn, "needs_data", False) and data is None:
+        raise ConfigError(f"scorer '{scorer_name}' needs a data batch: pass data=(inputs, targets)")
+    scores = class_scores(graph, score_fn(graph, inputs, data))
+    times["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if target is not None:
+        from .flops_target import select_for_target
+
+        keep = select_for_target(graph, scores, inputs, target, min_ratio, round_to)
+    else:
+        keep = select_channels(graph, scores, ratio, min_ratio, round_to)
+    slim_gm = slim(graph, keep)
+    times["slim"] = time.perf_counter() - t0
+    before = count_flops(graph.gm, inputs)
+    after = count_flops(slim_gm, inputs)
+    result = PruneResult(slim_gm, None, graph, keep, before.params, after.params,  # type: ignore[arg-type]
+                         before.macs, after.macs, times)
+    result.plan = make_plan(graph, keep, config.to_dict(), result.summary())
+    return result
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan | dict | str | os.PathLike, example_inputs: Any,
+               leaf_modules: Iterable = ()) -> fx.GraphModule:
+    """Re-apply a plan (object, dict, or path to ``plan.json``) to a fresh instance of the
+    same architecture; returns the slim GraphModule."""
+    if isinstance(plan, dict):
+        plan = PrunePlan.from_dict(plan)
+    elif not isinstance(plan, PrunePlan):
+        plan = PrunePlan.load(plan)
+    graph = analyze(model, example_inputs, leaf_modules)
+    keep = keep_from_plan(graph, plan)
+    return slim(graph, keep)
+
+
+SLIM_FILE = "slim.pt"
+META_FILE = "meta.json"
+
+
+def save_slim(model: fx.GraphModule, directory: str | os.PathLike, example_inputs: Any,
+              extra: dict[str, Any] | None = None) -> None:
+    """Write ``slim.pt`` (the pickled GraphModule) and ``meta.json`` into ``directory``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    inputs = _as_tuple(example_inputs)
+    torch.save(model, d / SLIM_FILE)
+    meta = {"input_shapes": [list(t.shape) for t in inputs], **(extra or {})}
+    (d / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def load_slim(directory: str | os.PathLike) -> tuple[fx.GraphModule, tuple[torch.Tensor, ...]]:
+    """Load a slim model written by ``fxprune prune --out DIR``: ``(model, example_inputs)``.
+
+    Needs only torch (and fxprune is not even required) as long as the model's leaf
+    modules are torch/torchvision classes; custom leaf modules need their source importable.
+    """
+    d = Path(directory)
+    path = d / SLIM_FILE
+    if not path.is_file():
+        raise PlanError(f"no slim model in {d} (expected {SLIM_FILE})")
+    try:
+        model = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # corrupt file, missing class
+        raise PlanError(f"could not load {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    shapes = [[1, 3, 32, 32]]
+    if (d / META_FILE).is_file():
+        shapes = json.loads((d / META_FILE).read_text()).get("input_shapes", shapes)
+    gen = torch.Generator().manual_seed(0)
+    return model, tuple(torch.randn(*s, generator=gen) for s in shapes)
+
+
+__all__ = ["analyze", "prune", "apply_plan", "PruneConfig", "PruneResult", "save_slim", "load_slim"]

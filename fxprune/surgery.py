@@ -1,0 +1,105 @@
+"""Slim surgery: a NEW GraphModule whose parameters are physically smaller.
+
+``slim(graph, keep)`` deep-copies the traced model, asks each module's handler to cut
+its parameters and attributes (``in_channels``, ``num_features``, ``groups``, ...),
+slices ``get_attr`` tensors, and lets op rules rewrite constant arguments that encode
+channel counts (split sizes, view shapes, slice bounds). The input is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import PlanError
+from .graph import META_LABELS, ChannelGraph
+from .handlers import module_handler_for, rule_for
+
+
+class RewriteContext:
+    """What rewrite rules may ask: a node's (dense) labels and how many indices survive."""
+
+    def __init__(self, graph: ChannelGraph, keep: np.ndarray):
+        self.graph = graph
+        self.keep = keep
+        self._labels = {n.name: n.meta.get(META_LABELS) for n in graph.gm.graph.nodes}
+
+    def labels(self, node: fx.Node):
+        return self._labels.get(node.name)
+
+    def kept_mask(self, atoms: np.ndarray) -> np.ndarray:
+        return self.keep[self.graph.atom_class[atoms]]
+
+    def kept_count(self, atoms: np.ndarray) -> int:
+        return int(self.kept_mask(atoms).sum())
+
+
+def check_keep(graph: ChannelGraph, keep: np.ndarray) -> None:
+    if keep.shape != (graph.num_classes,) or keep.dtype != bool:
+        raise PlanError(f"keep mask must be a bool array of length {graph.num_classes}")
+    bad = np.flatnonzero(graph.class_frozen & ~keep)
+    if len(bad):
+        c = int(bad[0])
+        raise PlanError(
+            f"channel class {c} of group {int(graph.class_group[c])} is frozen "
+            f"({graph.class_reason[c]}) but the plan removes it"
+        )
+    for space in graph.spaces.values():
+        if not keep[graph.atom_class[space.atoms]].any():
+            raise PlanError(f"plan removes every index of {space.key}; keep at least one channel")
+
+
+def kept_indices(graph: ChannelGraph, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Space key -> kept positions, for the spaces that lose something."""
+    out = {}
+    for key, space in graph.spaces.items():
+        mask = keep[graph.atom_class[space.atoms]]
+        if not mask.all():
+            out[key] = np.flatnonzero(mask)
+    return out
+
+
+def slim(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
+    check_keep(graph, keep)
+    new = copy.deepcopy(graph.gm)
+    cuts = kept_indices(graph, keep)
+    by_module: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    for key, idx in cuts.items():
+        space = graph.spaces[key]
+        if space.kind == "module":
+            by_module[space.owner][space.attr] = idx
+        else:
+            _slice_attr(new, space.owner, space.dim, idx)
+    for owner, keep_by_attr in by_module.items():
+        module = new.get_submodule(owner)
+        handler = module_handler_for(module)
+        handler.slice_(module, keep_by_attr)
+    ctx = RewriteContext(graph, keep)
+    for node in new.graph.nodes:
+        rule = rule_for(node)
+        if rule is not None and rule.rewrite is not None:
+            rule.rewrite(node, ctx)
+        node.meta.pop(META_LABELS, None)
+    new.recompile()
+    return new
+
+
+def _slice_attr(gm: nn.Module, target: str, dim: int, idx: np.ndarray) -> None:
+    prefix, _, name = target.rpartition(".")
+    parent = gm.get_submodule(prefix) if prefix else gm
+    t = getattr(parent, name)
+    new = torch.index_select(t.data, dim, torch.as_tensor(idx, device=t.device)).clone()
+    if isinstance(t, nn.Parameter):
+        setattr(parent, name, nn.Parameter(new, requires_grad=t.requires_grad))
+    elif name in parent._buffers:
+        parent._buffers[name] = new
+    else:
+        setattr(parent, name, new)
+
+
+__all__ = ["slim", "kept_indices", "check_keep", "RewriteContext"]

@@ -1,0 +1,441 @@
+"""HPO results as data: JSON-serialisable summaries that render themselves with rich, plus
+the files of a run folder (``report.json``, ``best.json``, PNG plots).
+
+Accuracies are fractions in [0, 1] in the data and in JSON; the terminal shows percent.
+Every file is written to a temporary sibling and moved into place with ``os.replace``, so
+a crash never leaves a half-written artefact. matplotlib is imported lazily (Agg backend).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPORT_FILE = "report.json"
+BEST_FILE = "best.json"
+
+
+# --- safe writes ---------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary_path)`` and move the result onto ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: Path, data: Any) -> Path:
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN/inf become null: report.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# --- the results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the report shows it; ``value`` is the final (or last reported) accuracy."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, float | int]
+    epochs_run: int
+    seconds: float | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """One HPO study: its trials, best point and the wall time spent on it."""
+
+    name: str
+    role: str  # "base" or "proxy": which network the trials trained
+    budget: int
+    wall_seconds: float
+    trials: tuple[TrialRecord, ...]
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, float | int] | None = None
+    importances: dict[str, float] | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for trial in self.trials:
+            counts[trial.state] = counts.get(trial.state, 0) + 1
+        return counts
+
+    @property
+    def trial_seconds(self) -> float:
+        return sum(t.seconds or 0.0 for t in self.trials)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["counts"] = self.counts
+        data["trial_seconds"] = self.trial_seconds
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudySummary:
+        data = {k: v for k, v in data.items() if k not in ("counts", "trial_seconds")}
+        data["trials"] = tuple(TrialRecord(**t) for t in data["trials"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ProxyInfo:
+    """How the proxy network was made from the base network."""
+
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    ratio: float
+    min_ratio: float
+    scorer: str
+    prune_seconds: float
+
+    @property
+    def param_fraction(self) -> float:
+        return self.params_after / max(1, self.params_before)
+
+    @property
+    def flops_fraction(self) -> float:
+        return self.flops_after / max(1, self.flops_before)
+
+
+@dataclass(frozen=True)
+class FinalSummary:
+    """The base network trained with one best set over several seeds."""
+
+    source: str  # the study whose best set this is: "typical" or "proxy"
+    params: dict[str, float | int]
+    seeds: tuple[int, ...]
+    accuracies: tuple[float, ...]  # one per finished seed; 0.0 for a diverged seed
+    failed_seeds: tuple[int, ...] = ()
+    model_path: str | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.accuracies) if self.accuracies else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (ddof=1); 0.0 for a single seed."""
+        if not self.accuracies:
+            return None
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinalSummary:
+        data = {k: v for k, v in data.items() if k not in ("mean", "std")}
+        return cls(**{**data, "seeds": tuple(data["seeds"]),
+                      "accuracies": tuple(data["accuracies"]),
+                      "failed_seeds": tuple(data.get("failed_seeds", ()))})
+
+
+@dataclass(frozen=True)
+class RankSummary:
+    """Proxy and base scores of the same K configurations and their rank agreement."""
+
+    params: tuple[dict[str, float | int], ...]
+    base_scores: tuple[float | None, ...]
+    proxy_scores: tuple[float | None, ...]
+    tau: float | None = None
+    p_value: float | None = None
+
+    @classmethod
+    def compute(cls, params: list[dict[str, Any]], base: list[float | None],
+                proxy: list[float | None]) -> RankSummary:
+        """Kendall's tau (scipy.stats.kendalltau, tau-b) over configurations scored by both."""
+        pairs = [(b, p) for b, p in zip(base, proxy) if b is not None and p is not None]
+        tau = p_value = None
+        if len(pairs) >= 2 and len({b for b, _ in pairs}) > 1 and len({p for _, p in pairs}) > 1:
+            from scipy.stats import kendalltau
+
+            result = kendalltau([b for b, _ in pairs], [p for _, p in pairs])
+            tau, p_value = float(result.statistic), float(result.pvalue)
+        return cls(tuple(params), tuple(base), tuple(proxy), tau, p_value)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RankSummary:
+        return cls(tuple(data["params"]), tuple(data["base_scores"]),
+                   tuple(data["proxy_scores"]), data.get("tau"), data.get("p_value"))
+
+
+@dataclass(frozen=True)
+class HpoReport:
+    """Everything a run folder holds, as data; ``kind`` is "run" or "compare"."""
+
+    kind: str
+    config: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+    studies: tuple[StudySummary, ...] = ()
+    proxy: ProxyInfo | None = None
+    finals: tuple[FinalSummary, ...] = ()
+    rank: RankSummary | None = None
+    hyperband: dict[str, Any] | None = None
+
+    def study(self, name: str) -> StudySummary | None:
+        return next((s for s in self.studies if s.name == name), None)
+
+    def final(self, source: str) -> FinalSummary | None:
+        return next((f for f in self.finals if f.source == source), None)
+
+    @property
+    def time_reduction_pct(self) -> float | None:
+        """HPO wall time saved by the proxy: ``100 * (1 - proxy / typical)``."""
+        typical, proxy = self.study("typical"), self.study("proxy")
+        if typical is None or proxy is None or typical.wall_seconds <= 0:
+            return None
+        return 100.0 * (1.0 - proxy.wall_seconds / typical.wall_seconds)
+
+    @property
+    def accuracy_gap(self) -> float | None:
+        """Final accuracy of proxy-HPO minus typical-HPO, in percentage points."""
+        typical, proxy = self.final("typical"), self.final("proxy")
+        if typical is None or proxy is None or typical.mean is None or proxy.mean is None:
+            return None
+        return 100.0 * (proxy.mean - typical.mean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "config": self.config,
+            "data": self.data,
+            "time_reduction_pct": self.time_reduction_pct,
+            "accuracy_gap_pp": self.accuracy_gap,
+            "kendall_tau": self.rank.tau if self.rank else None,
+            "studies": [s.to_dict() for s in self.studies],
+            "proxy": None if self.proxy is None else {
+                **asdict(self.proxy), "param_fraction": self.proxy.param_fraction,
+                "flops_fraction": self.proxy.flops_fraction},
+            "finals": [f.to_dict() for f in self.finals],
+            "rank": None if self.rank is None else asdict(self.rank),
+            "hyperband": self.hyperband,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HpoReport:
+        proxy = data.get("proxy")
+        return cls(
+            kind=data["kind"], config=data["config"], data=data.get("data", {}),
+            studies=tuple(StudySummary.from_dict(s) for s in data.get("studies", [])),
+            proxy=None if proxy is None else ProxyInfo(**{
+                k: v for k, v in proxy.items() if k not in ("param_fraction", "flops_fraction")}),
+            finals=tuple(FinalSummary.from_dict(f) for f in data.get("finals", [])),
+            rank=None if data.get("rank") is None else RankSummary.from_dict(data["rank"]),
+            hyperband=data.get("hyperband"),
+        )
+
+    def __rich__(self) -> Any:
+        return render_report(self)
+
+
+# --- terminal rendering ------------------------------------------------------------------------
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _params_text(params: dict[str, Any] | None) -> str:
+    if not params:
+        return "-"
+    parts = []
+    for name, value in params.items():
+        parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
+    return " ".join(parts)
+
+
+def render_report(report: HpoReport) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    parts: list[Any] = []
+    config = report.config
+    header = Table.grid(padding=(0, 2))
+    header.add_row("model", str(config.get("model")), "data", str(report.data.get("name")
+                                                               or config.get("data")))
+    header.add_row("sampler", str(config.get("sampler")), "pruner", str(config.get("pruner")))
+    header.add_row("trials", str(config.get("trials")), "epochs", str(config.get("epochs")))
+    header.add_row("seed", str(config.get("seed")), "final seeds", str(config.get("seeds")))
+    parts.append(header)
+
+    studies = Table(title="HPO studies", title_justify="left")
+    for column in ("study", "trains", "complete", "pruned", "fail", "best acc", "best set",
+                   "wall time"):
+        studies.add_column(column, justify="left" if column in ("study", "best set") else "right")
+    for study in report.studies:
+        counts = study.counts
+        studies.add_row(study.name, study.role, str(counts.get("COMPLETE", 0)),
+                        str(counts.get("PRUNED", 0)), str(counts.get("FAIL", 0)),
+                        _pct(study.best_value), _params_text(study.best_params),
+                        f"{study.wall_seconds:.1f}s")
+    parts.append(studies)
+
+    if report.proxy is not None:
+        proxy = report.proxy
+        parts.append(
+            f"proxy: {proxy.scorer} ratio={proxy.ratio} min_ratio={proxy.min_ratio} -> "
+            f"{proxy.params_after:,}/{proxy.params_before:,} params "
+            f"({100 * proxy.param_fraction:.1f}%), {100 * proxy.flops_fraction:.1f}% of MACs, "
+            "weights reinitialised for every trial"
+        )
+
+    if report.finals:
+        finals = Table(title="Base network trained with the best set", title_justify="left")
+        for column in ("best set from", "seeds", "accuracy mean", "std", "failed", "set"):
+            finals.add_column(column, justify="left" if column in ("best set from", "set")
+                              else "right")
+        for final in report.finals:
+            finals.add_row(final.source, ",".join(map(str, final.seeds)), _pct(final.mean),
+                           _pct(final.std), ",".join(map(str, final.failed_seeds)) or "-",
+                           _params_text(final.params))
+        parts.append(finals)
+
+    if report.kind == "compare":
+        summary = Table.grid(padding=(0, 2))
+        reduction, gap = report.time_reduction_pct, report.accuracy_gap
+        summary.add_row("[bold]HPO time reduction[/]",
+                        "-" if reduction is None else f"{reduction:.1f}%")
+        summary.add_row("[bold]accuracy gap (proxy - typical)[/]",
+                        "-" if gap is None else f"{gap:+.2f} pp")
+        if report.rank is not None:
+            tau = report.rank.tau
+            summary.add_row(f"[bold]Kendall tau[/] (K={len(report.rank.params)})",
+                            "-" if tau is None else f"{tau:.3f} (p={report.rank.p_value:.3g})")
+        parts.append(summary)
+    return Group(*parts)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def write_report(report: HpoReport, out: Path) -> list[Path]:
+    """report.json and the PNG plots; returns the files written."""
+    out = Path(out)
+    written = [atomic_write_json(out / REPORT_FILE, report.to_dict())]
+    for study in report.studies:
+        if study.trials:
+            written.append(plot_history(study, out / f"history_{study.name}.png"))
+        if study.importances:
+            written.append(plot_importances(study, out / f"importance_{study.name}.png"))
+    if report.rank is not None and report.rank.tau is not None:
+        written.append(plot_proxy_vs_base(report.rank, out / "proxy_vs_base.png"))
+    return written
+
+
+def read_report(out: Path) -> HpoReport:
+    from fxprune.errors import ConfigError
+
+    path = Path(out) / REPORT_FILE
+    try:
+        return HpoReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ConfigError(f"no {REPORT_FILE} in {out}") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not an HPO report ({err})") from None
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(figure: Any, path: Path) -> Path:
+    plt = _pyplot()
+    try:
+        return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110,
+                                                             bbox_inches="tight"))
+    finally:
+        plt.close(figure)
+
+
+def plot_history(study: StudySummary, path: Path) -> Path:
+    """Accuracy of every trial in order, with the best-so-far line."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6.4, 3.8))
+    markers = {"COMPLETE": ("o", "tab:blue"), "PRUNED": ("x", "tab:orange"),
+               "FAIL": ("v", "tab:red")}
+    for state, (marker, color) in markers.items():
+        points = [(t.number, t.value if t.value is not None else 0.0)
+                  for t in study.trials if t.state == state]
+        if points:
+            axes.scatter(*zip(*points), marker=marker, color=color, label=state.lower())
+    best, best_line = -math.inf, []
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        if trial.state == "COMPLETE" and trial.value is not None:
+            best = max(best, trial.value)
+        best_line.append((trial.number, best if best > -math.inf else math.nan))
+    axes.step(*zip(*best_line), where="post", color="black", label="best so far")
+    axes.set(xlabel="trial", ylabel="validation accuracy",
+             title=f"Optimisation history: {study.name} ({study.role} network)")
+    axes.legend(loc="lower right")
+    return _save_figure(figure, path)
+
+
+def plot_importances(study: StudySummary, path: Path) -> Path:
+    plt = _pyplot()
+    names = list(study.importances or {})
+    values = [study.importances[name] for name in names]  # type: ignore[index]
+    figure, axes = plt.subplots(figsize=(6.4, 0.5 + 0.5 * len(names)))
+    axes.barh(names[::-1], values[::-1], color="tab:blue")
+    axes.set(xlabel="importance (PED-ANOVA, normalised)",
+             title=f"Hyperparameter importance: {study.name}")
+    return _save_figure(figure, path)
+
+
+def plot_proxy_vs_base(rank: RankSummary, path: Path) -> Path:
+    plt = _pyplot()
+    pairs = [(b, p) for b, p in zip(rank.base_scores, rank.proxy_scores)
+             if b is not None and p is not None]
+    figure, axes = plt.subplots(figsize=(4.8, 4.8))
+    axes.scatter([p for _, p in pairs], [b for b, _ in pairs], color="tab:purple")
+    low = min(min(pair) for pair in pairs)
+    axes.plot([low, 1], [low, 1], color="grey", linestyle=":", linewidth=1)
+    axes.set(xlabel="proxy (pruned, reinitialised) accuracy", ylabel="base network accuracy",
+             title=f"Same {len(pairs)} configurations: Kendall tau = {rank.tau:.3f}")
+    return _save_figure(figure, path)
+
+
+__all__ = [
+    "TrialRecord", "StudySummary", "ProxyInfo", "FinalSummary", "RankSummary", "HpoReport",
+    "render_report", "write_report", "read_report", "atomic_write", "atomic_write_json",
+    "REPORT_FILE", "BEST_FILE",
+]
