@@ -173,26 +173,36 @@ class _ExportSpec:
     expected: list[torch.Tensor]
 
 
+class _ExporterFailed(Exception):
+    """One exporter's reason, in one short line; turned into an ExportError by the caller."""
+
+
 def _export_with(exporter: str, model, inputs, tmp: Path, spec: _ExportSpec, name: str) -> str:
     """Run the chosen exporter; "auto" = TorchScript, dynamo when TorchScript is doubtful."""
-    if exporter == "dynamo":
-        _export_dynamo(model, inputs, tmp, spec, name)
-        return "dynamo"
-    if exporter == "torchscript":
-        _export_torchscript(model, inputs, tmp, spec, name, strict=False)
-        return "torchscript"
     try:
-        _export_torchscript(model, inputs, tmp, spec, name, strict=True)
+        if exporter == "dynamo":
+            _export_dynamo(model, inputs, tmp, spec)
+            return "dynamo"
+        if exporter == "torchscript":
+            _export_torchscript(model, inputs, tmp, spec, strict=False)
+            return "torchscript"
+    except _ExporterFailed as failure:
+        raise ExportError(f"cannot export {name} to ONNX with {exporter}: {failure}") from None
+    try:
+        _export_torchscript(model, inputs, tmp, spec, strict=True)
         return "torchscript"
-    except ExportError as torchscript_error:
+    except _ExporterFailed as torchscript_failure:
         try:
-            _export_dynamo(model, inputs, tmp, spec, name)
-        except ExportError as dynamo_error:
-            raise ExportError(f"{torchscript_error}; fallback {dynamo_error}") from None
+            _export_dynamo(model, inputs, tmp, spec)
+        except _ExporterFailed as dynamo_failure:
+            raise ExportError(
+                f"cannot export {name} to ONNX: torchscript: {torchscript_failure}; "
+                f"dynamo: {dynamo_failure}"
+            ) from None
         return "dynamo"
 
 
-def _export_torchscript(model, inputs, tmp: Path, spec: _ExportSpec, name: str, *, strict: bool):
+def _export_torchscript(model, inputs, tmp: Path, spec: _ExportSpec, *, strict: bool):
     dynamic_axes = None
     if spec.dynamic_batch:
         dynamic_axes = {
@@ -214,16 +224,14 @@ def _export_torchscript(model, inputs, tmp: Path, spec: _ExportSpec, name: str, 
                 do_constant_folding=True,
             )
         except Exception as error:  # noqa: BLE001 - any exporter failure becomes one line
-            raise ExportError(f"cannot export {name} with torchscript: {_first_line(error)}") from None
-    tracer_warnings = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+            raise _ExporterFailed(_first_line(error)) from None
+    tracer_warning = getattr(torch.jit, "TracerWarning", ())
+    tracer_warnings = [w for w in caught if issubclass(w.category, tracer_warning)]
     if strict and tracer_warnings:
-        raise ExportError(
-            f"torchscript trace of {name} may be input-specific: "
-            f"{_first_line(tracer_warnings[0].message)}"
-        )
+        raise _ExporterFailed(f"trace may be input-specific: {_first_line(tracer_warnings[0].message)}")
 
 
-def _export_dynamo(model, inputs, tmp: Path, spec: _ExportSpec, name: str):
+def _export_dynamo(model, inputs, tmp: Path, spec: _ExportSpec):
     dynamic_shapes = None
     if spec.dynamic_batch:
         batch = torch.export.Dim(BATCH_AXIS_NAME)
@@ -243,7 +251,7 @@ def _export_dynamo(model, inputs, tmp: Path, spec: _ExportSpec, name: str):
                 verbose=False,
             )
         except Exception as error:  # noqa: BLE001
-            raise ExportError(f"cannot export {name} with dynamo: {_dynamo_reason(error)}") from None
+            raise _ExporterFailed(_dynamo_reason(error)) from None
 
 
 def _check(path: Path, name: str) -> int:
@@ -354,7 +362,7 @@ def _flat_outputs(model, inputs, name: str) -> list[torch.Tensor]:
                 visit(item, f"{where}[{key!r}]")
         else:
             raise ExportError(
-                f"{name} returns a {type(value).__name__} at {where}: ONNX export needs "
+                f"{name} returns {type(value).__name__} at {where}: ONNX export needs "
                 "tensors (or tuples/lists/dicts of tensors) as outputs"
             )
 
@@ -424,9 +432,13 @@ def _silenced_fds() -> Iterator[None]:
                 os.close(copy)
 
 
-def _first_line(error: object) -> str:
-    text = str(error).strip()
+def _first_line(error: object, limit: int = 160) -> str:
+    """``Kind: first line`` of an error or warning, cut at the first sentence and ``limit``."""
+    text = _strip_ansi(str(error)).strip()
     line = text.splitlines()[0].strip() if text else ""
+    line = line.split(". ")[0].rstrip(".")
+    if len(line) > limit:
+        line = line[: limit - 3].rstrip() + "..."
     if isinstance(error, BaseException):
         kind = type(error).__name__
         return f"{kind}: {line}" if line else kind
@@ -440,7 +452,7 @@ def _dynamo_reason(error: BaseException) -> str:
     while cause is not None:
         deepest = cause
         cause = cause.__cause__
-    return _strip_ansi(_first_line(deepest))
+    return _first_line(deepest)
 
 
 def _strip_ansi(text: str) -> str:

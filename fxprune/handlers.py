@@ -557,6 +557,7 @@ def _functional_conv(b, node):
         return b.unhandled_op(node, "functional conv with unknown operands")
     spatial = len(b.shape(w)) - 2
     ch = _channel_dim(len(shape), spatial)
+    b.freeze_labels(list(wl[2:]), f"kernel dims of the weight of '{node.name}'")
     out_atoms = wl[0] if wl[0] is not None else None
     if groups == 1 and wl[1] is not None:
         b.tie(wl[1], xl[ch], f"node '{node.name}' weight input dim")

@@ -20,6 +20,7 @@ something. A ``get_attr`` tensor cut along several dims is a list of such object
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -46,14 +47,15 @@ class PrunePlan:
     version: int = PLAN_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """A deep copy: editing it never changes the plan."""
+        return copy.deepcopy({
             "version": self.version,
             "modules": self.modules,
             "parameters": self.parameters,
             "groups": self.groups,
             "settings": self.settings,
             "summary": self.summary,
-        }
+        })
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)

@@ -31,7 +31,8 @@ class _Tracer(fx.Tracer):
     """A tracer that treats user-chosen module types / qualified names as leaves and
     remembers which module it was inside, so errors can name it."""
 
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]):
+    # defaults: GraphModule pickling re-creates the tracer class with no arguments
+    def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset()):
         super().__init__()
         self.leaf_types = leaf_types
         self.leaf_names = leaf_names
@@ -98,16 +99,11 @@ def symbolic_trace(
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph once and stores every node's output shape in ``node.meta``."""
 
+    current: fx.Node | None = None
+
     def run_node(self, n: fx.Node) -> Any:
-        try:
-            result = super().run_node(n)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TraceError(
-                f"running the example inputs failed at node '{n.name}' "
-                f"({n.format_node()}): {type(exc).__name__}: {first}. "
-                "Check the example input shape (e.g. --input-shape 1,3,32,32)."
-            ) from exc
+        self.current = n
+        result = super().run_node(n)
         n.meta[META_SHAPE] = _shape_of(result)
         if isinstance(result, torch.Tensor):
             n.meta[META_DTYPE] = result.dtype
@@ -126,9 +122,20 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor])
     """Run ``gm`` in eval mode without gradients, annotate shapes; returns the output."""
     was_training = gm.training
     gm.eval()
+    recorder = _ShapeRecorder(gm)
     try:
         with torch.no_grad():
-            return _ShapeRecorder(gm).run(*example_inputs)
+            return recorder.run(*example_inputs)
+    except Exception as exc:
+        n = recorder.current
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        where = f"node '{n.name}' ({n.op} {n.target})" if n is not None else "the first node"
+        shapes = ", ".join(str(tuple(t.shape)) for t in example_inputs if isinstance(t, torch.Tensor))
+        raise TraceError(
+            f"running example inputs of shape {shapes} failed at {where}: "
+            f"{type(exc).__name__}: {first}. Check the input shape (e.g. --input-shape 1,3,32,32)."
+        ) from None
     finally:
         gm.train(was_training)
 

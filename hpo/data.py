@@ -214,13 +214,14 @@ def synthetic_dataset(
 ) -> Dataset:
     """Smooth random class prototypes plus pixel noise: a few epochs separate the classes."""
     generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand((num_classes, 3, 4, 4), generator=generator)
+    # Binary 4x4 colour patterns, smoothed up: classes differ by whole-pixel contrast.
+    coarse = 0.2 + 0.6 * (torch.rand((num_classes, 3, 4, 4), generator=generator) > 0.5).float()
     prototypes = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear",
                                align_corners=False)  # (K, 3, S, S)
     count = train_size + val_size
     labels = torch.arange(count) % num_classes
     labels = labels[torch.randperm(count, generator=generator)]
-    noise = 0.25 * torch.randn((count, 3, image_size, image_size), generator=generator)
+    noise = 0.2 * torch.randn((count, 3, image_size, image_size), generator=generator)
     images = ((prototypes[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
     indices = torch.arange(count)
     return _in_memory("synthetic", images, labels, indices[:train_size], indices[train_size:],

@@ -270,13 +270,16 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}%"
 
 
+_SHORT_NAMES = {"lr": "lr", "batch_size": "bs", "weight_decay": "wd", "momentum": "mom",
+                "decay_factor": "decay", "log2_batch_size": "log2bs"}
+
+
 def _params_text(params: dict[str, Any] | None) -> str:
     if not params:
         return "-"
-    parts = []
-    for name, value in params.items():
-        parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
-    return " ".join(parts)
+    return " ".join(
+        f"{_SHORT_NAMES.get(name, name)}={value:.3g}" if isinstance(value, float)
+        else f"{_SHORT_NAMES.get(name, name)}={value}" for name, value in params.items())
 
 
 def render_report(report: HpoReport) -> Any:

@@ -1,0 +1,271 @@
+"""``fxprune hpo``: run, compare and report HPO with a pruned proxy network.
+
+The lead's CLI mounts it with ``app.add_typer(hpo_app, name="hpo")``. A user mistake
+(``FxPruneError``) is one red line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fxprune.errors import FxPruneError
+
+hpo_app = typer.Typer(
+    help="Hyperparameter optimisation with a pruned proxy: prune the base network at init, "
+         "reinitialise the slim network, search on it, train the base with the best set.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+class DataName(str, Enum):
+    digits = "digits"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    tinyimagenet = "tinyimagenet"
+    synthetic = "synthetic"
+
+
+class ModeName(str, Enum):
+    typical = "typical"
+    proxy = "proxy"
+    final = "final"
+
+
+class SamplerName(str, Enum):
+    tpe = "tpe"
+    gp = "gp"
+    cmaes = "cmaes"
+    random = "random"
+
+
+class PrunerName(str, Enum):
+    hyperband = "hyperband"
+    median = "median"
+    none = "none"
+
+
+ModelArg = Annotated[str, typer.Argument(
+    help="fxprune:resnet20, torchvision:resnet18, path/model.py or path/model.py:fn",
+    show_default=False)]
+DataOpt = Annotated[DataName, typer.Option(help="Dataset; cifar*/tinyimagenet need --data-dir.")]
+SamplerOpt = Annotated[SamplerName, typer.Option(help="Optuna sampler.")]
+PrunerOpt = Annotated[PrunerName, typer.Option(help="Optuna pruner (early stopping of trials).")]
+TrialsOpt = Annotated[int, typer.Option(help="Trial budget of each search (resumes count).")]
+EpochsOpt = Annotated[int, typer.Option(help="Epochs of every training run.")]
+OutOpt = Annotated[Path | None, typer.Option(
+    help="Run folder: storage, best.json, models, report.json, plots. Re-run to resume.",
+    show_default="runs/hpo-<mode>")]
+StorageOpt = Annotated[str | None, typer.Option(
+    help="RDB URL (e.g. sqlite:///hpo.db) instead of the journal file in --out.")]
+WorkersOpt = Annotated[int, typer.Option(help="Local worker processes sharing the study.")]
+SeedsOpt = Annotated[int, typer.Option(help="Seeds of the final base-network training.")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Folder of cifar10/cifar100/tinyimagenet.")]
+SpaceOpt = Annotated[Path | None, typer.Option(
+    help="TOML file overriding the search space (ranges [low, high] or fixed values).")]
+RatioOpt = Annotated[float, typer.Option(help="Fraction of channels pruned for the proxy.")]
+MinRatioOpt = Annotated[float, typer.Option(help="Fraction of each layer's channels kept.")]
+ScorerOpt = Annotated[str, typer.Option(help="Pruning scorer of the proxy.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of data split, initialisation, sampler.")]
+ImageSizeOpt = Annotated[int | None, typer.Option(
+    help="Image side for digits (default 16) / synthetic (8) / tinyimagenet (64).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+
+
+def _config(**options: Any) -> Any:
+    from hpo.driver import HpoConfig
+    from hpo.space import SearchSpace
+
+    space_file = options.pop("space")
+    options["space"] = SearchSpace.from_toml(space_file) if space_file else SearchSpace()
+    for key in ("data", "sampler", "pruner", "mode"):
+        if isinstance(options.get(key), Enum):
+            options[key] = options[key].value
+    for key in ("data_dir", "out"):
+        if options.get(key) is not None:
+            options[key] = str(options[key])
+    return HpoConfig(**options)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    from rich.console import Console
+    from rich.text import Text
+
+    try:
+        yield
+    except FxPruneError as err:
+        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), (str(err), "red")))
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print(Text("interrupted: re-run the same command to resume",
+                                        style="yellow"))
+        raise typer.Exit(130) from None
+
+
+class _ProgressDisplay:
+    """rich progress, one bar per study: trial n/N, epoch, current and best accuracy,
+    elapsed and remaining time; failed or diverged trials are printed above it."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), console=self.console, disable=not enabled,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _ProgressDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, snapshot: Any) -> None:
+        task = self.tasks.get(snapshot.study)
+        if task is None:
+            task = self.tasks[snapshot.study] = self.progress.add_task(
+                snapshot.study, total=snapshot.budget, detail="")
+        parts = []
+        if snapshot.trial is not None:
+            parts.append(f"trial {snapshot.trial} epoch {snapshot.epoch}/{snapshot.epochs}")
+        if snapshot.value is not None:
+            parts.append(f"acc {100 * snapshot.value:.1f}%")
+        if snapshot.best is not None:
+            parts.append(f"best {100 * snapshot.best:.1f}%")
+        self.progress.update(task, completed=snapshot.done, total=snapshot.budget,
+                             detail=" | ".join(parts))
+        if snapshot.event:
+            from rich.text import Text
+
+            self.progress.console.print(Text(f"{snapshot.study}: {snapshot.event}",
+                                             style="yellow"))
+
+
+def _finish(report: Any, out: str, started: float) -> None:
+    from rich.console import Console
+
+    console = Console()
+    console.print(report)
+    console.print(f"[dim]wrote {out}/ (report.json, best.json, plots) in "
+                  f"{time.perf_counter() - started:.0f}s[/]")
+
+
+@hpo_app.command()
+def run(
+    model: ModelArg,
+    data: DataOpt = DataName.digits,
+    mode: Annotated[ModeName, typer.Option(
+        help="typical: search on the base network; proxy: on the pruned, reinitialised "
+             "network; final: only train the base with --out's best.json.")] = ModeName.proxy,
+    sampler: SamplerOpt = SamplerName.tpe,
+    pruner: PrunerOpt = PrunerName.hyperband,
+    trials: TrialsOpt = 50,
+    epochs: EpochsOpt = 160,
+    out: OutOpt = None,
+    storage: StorageOpt = None,
+    workers: WorkersOpt = 1,
+    seeds: SeedsOpt = 3,
+    data_dir: DataDirOpt = None,
+    space: SpaceOpt = None,
+    ratio: RatioOpt = 0.85,
+    min_ratio: MinRatioOpt = 0.15,
+    scorer: ScorerOpt = "synflow",
+    seed: SeedOpt = 0,
+    image_size: ImageSizeOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Search hyperparameters (on the base network or its pruned proxy), then train the
+    base network with the best set over --seeds seeds."""
+    started = time.perf_counter()
+    with _user_errors():
+        from hpo import driver
+
+        config = _config(model=model, data=data, mode=mode, sampler=sampler, pruner=pruner,
+                         trials=trials, epochs=epochs,
+                         out=out or Path(f"runs/hpo-{mode.value}"), storage=storage,
+                         workers=workers, seeds=seeds, data_dir=data_dir, space=space,
+                         ratio=ratio, min_ratio=min_ratio, scorer=scorer, seed=seed,
+                         image_size=image_size)
+        with _ProgressDisplay(enabled=not quiet) as progress:
+            report = driver.run(config, progress)
+    _finish(report, config.out, started)
+
+
+@hpo_app.command()
+def compare(
+    model: ModelArg,
+    data: DataOpt = DataName.digits,
+    sampler: SamplerOpt = SamplerName.tpe,
+    pruner: PrunerOpt = PrunerName.hyperband,
+    trials: TrialsOpt = 50,
+    epochs: EpochsOpt = 160,
+    out: OutOpt = None,
+    storage: StorageOpt = None,
+    workers: WorkersOpt = 1,
+    seeds: SeedsOpt = 3,
+    data_dir: DataDirOpt = None,
+    space: SpaceOpt = None,
+    ratio: RatioOpt = 0.85,
+    min_ratio: MinRatioOpt = 0.15,
+    scorer: ScorerOpt = "synflow",
+    seed: SeedOpt = 0,
+    image_size: ImageSizeOpt = None,
+    kendall_k: Annotated[int, typer.Option(
+        help="Shared random configurations trained on both networks for Kendall's tau "
+             "(0: skip).")] = 8,
+    quiet: QuietOpt = False,
+) -> None:
+    """Typical HPO vs proxy HPO with identical sampler, seed, trials and epochs: HPO time
+    reduction, final accuracy of each winner on the base network, Kendall's tau."""
+    started = time.perf_counter()
+    with _user_errors():
+        from hpo import driver
+
+        config = _config(model=model, data=data, mode="proxy", sampler=sampler, pruner=pruner,
+                         trials=trials, epochs=epochs, out=out or Path("runs/hpo-compare"),
+                         storage=storage, workers=workers, seeds=seeds, data_dir=data_dir,
+                         space=space, ratio=ratio, min_ratio=min_ratio, scorer=scorer,
+                         seed=seed, image_size=image_size, kendall_k=kendall_k)
+        with _ProgressDisplay(enabled=not quiet) as progress:
+            report = driver.compare(config, progress)
+    _finish(report, config.out, started)
+
+
+@hpo_app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by run or compare.",
+                                            show_default=False)],
+    storage: StorageOpt = None,
+) -> None:
+    """Rebuild report.json and the plots of a run folder from its storage (also for an
+    unfinished run) and print the summary."""
+    started = time.perf_counter()
+    with _user_errors():
+        from hpo import driver
+
+        config, command = driver.load_run(run_dir, storage)
+        result = driver.write_run_report(config, command)
+    _finish(result, str(run_dir), started)
+
+
+__all__ = ["hpo_app"]
