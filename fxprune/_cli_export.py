@@ -28,13 +28,16 @@ DEFAULT_SWEEP_PLOT = Path("fxprune-sweep.png")
 
 def export_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.", show_default=False)],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="ONNX file to write.", show_default=False)
+    ],
     input_shape: Annotated[
         str | None, typer.Option("--input-shape", help="Example input shape, e.g. 1,3,224,224.")
     ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 17,
     exporter: Annotated[
-        str, typer.Option("--exporter", help="auto, torchscript or dynamo (auto: see fxprune.export).")
+        str,
+        typer.Option("--exporter", help="auto, torchscript or dynamo (auto: see fxprune.export)."),
     ] = "auto",
 ) -> None:
     """Export MODEL to ONNX with a dynamic batch axis, check it, and prove onnxruntime
@@ -63,19 +66,32 @@ def profile_command(
     threads: Annotated[
         int | None, typer.Option("--threads", help="onnxruntime intra-op threads (default: ort's).")
     ] = None,
-    provider: Annotated[str, typer.Option("--provider", help="auto, cpu, cuda or tensorrt.")] = "auto",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    provider: Annotated[
+        str, typer.Option("--provider", help="auto, cpu, cuda or tensorrt.")
+    ] = "auto",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the report as JSON here.")
+    ] = None,
     sweep: Annotated[
         str | None,
-        typer.Option("--sweep", help="Also profile these ratios, e.g. 0.25,0.5,0.75 (first batch size)."),
+        typer.Option(
+            "--sweep", help="Also profile these ratios, e.g. 0.25,0.5,0.75 (first batch size)."
+        ),
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help=f"PNG for --sweep [default: {DEFAULT_SWEEP_PLOT}].")
+        Path | None,
+        typer.Option("--plot", help=f"PNG for --sweep [default: {DEFAULT_SWEEP_PLOT}]."),
     ] = None,
     input_shape: Annotated[
         str | None, typer.Option("--input-shape", help="Example input shape, e.g. 1,3,224,224.")
     ] = None,
-    scorer: Annotated[str, typer.Option("--scorer", help="Scorer for --ratio/--sweep.")] = "synflow",
+    scorer: Annotated[
+        str, typer.Option("--scorer", help="Scorer for --ratio/--sweep.")
+    ] = "synflow",
+    min_seconds: Annotated[
+        float,
+        typer.Option("--min-seconds", help="Time each model and batch size at least this long."),
+    ] = 1.0,
 ) -> None:
     """Profile dense MODEL against its slim version in onnxruntime: params, MACs, latency,
     throughput, speed-up and efficiency (speed-up / MACs reduction)."""
@@ -120,12 +136,17 @@ def profile_command(
         chosen = ratio if ratio is not None else max(sweep_ratios)
         slim_model, slim_name = pruned(chosen), f"slim: ratio {chosen:g}"
 
-    timing = {"threads": threads, "provider": provider}
+    timing = {"threads": threads, "provider": provider, "min_seconds": min_seconds}
     console = Console()
     with tempfile.TemporaryDirectory(prefix="fxprune-profile-") as workdir:
         folder = Path(workdir)
         dense_profile = measure_model(
-            dense, example_inputs, folder / "dense.onnx", batch_sizes, name=f"dense: {model}", **timing
+            dense,
+            example_inputs,
+            folder / "dense.onnx",
+            batch_sizes,
+            name=f"dense: {model}",
+            **timing,
         )
         slim_profile = measure_model(
             slim_model, example_inputs, folder / "slim.onnx", batch_sizes, name=slim_name, **timing
@@ -134,7 +155,9 @@ def profile_command(
         if sweep_ratios:
             first = batch_sizes[0]
             stat = dense_profile.at(first)
-            points.append(SweepPoint(0.0, dense_profile.params, dense_profile.macs, first, stat.median_ms))
+            points.append(
+                SweepPoint(0.0, dense_profile.params, dense_profile.macs, first, stat.median_ms)
+            )
             for index, at_ratio in enumerate(sweep_ratios):
                 with console.status(f"sweep: ratio {at_ratio:g}"):
                     profile = measure_model(
@@ -142,7 +165,9 @@ def profile_command(
                         name=f"ratio {at_ratio:g}", **timing,
                     )  # fmt: skip
                 points.append(
-                    SweepPoint(at_ratio, profile.params, profile.macs, first, profile.latency[0].median_ms)
+                    SweepPoint(
+                        at_ratio, profile.params, profile.macs, first, profile.latency[0].median_ms
+                    )
                 )
 
     report = ProfileReport(
@@ -153,9 +178,10 @@ def profile_command(
     )
     console.print(report)
     if json_out is not None:
-        console.print(f"report written to {report.save(json_out)}")
+        console.print(f"report written to {report.save(json_out)}", soft_wrap=True)
     if sweep_ratios:
-        console.print(f"sweep plot written to {sweep_plot(report.sweep, plot or DEFAULT_SWEEP_PLOT)}")
+        plot_path = sweep_plot(report.sweep, plot or DEFAULT_SWEEP_PLOT)
+        console.print(f"sweep plot written to {plot_path}", soft_wrap=True)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -198,4 +224,4 @@ def _load_any(spec: str, input_shape: str | None):
     return load_model(spec, input_shape)
 
 
-__all__ = ["export_command", "profile_command", "parse_batch_sizes", "parse_ratios"]
+__all__ = ["export_command", "parse_batch_sizes", "parse_ratios", "profile_command"]

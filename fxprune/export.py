@@ -136,7 +136,9 @@ def export_onnx(
 
     with _eval_mode(model), torch.no_grad():
         expected = _flat_outputs(model, inputs, name)
-        output_names = ["output"] if len(expected) == 1 else [f"output_{i}" for i in range(len(expected))]
+        output_names = (
+            ["output"] if len(expected) == 1 else [f"output_{i}" for i in range(len(expected))]
+        )
         input_names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
         spec = _ExportSpec(input_names, output_names, opset, dynamic_batch, inputs, expected)
 
@@ -149,6 +151,7 @@ def export_onnx(
             max_abs = max_rel = None
             if check_parity:
                 max_abs, max_rel = _parity(model, inputs, expected, tmp, spec, rtol, atol, name)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -228,7 +231,9 @@ def _export_torchscript(model, inputs, tmp: Path, spec: _ExportSpec, *, strict: 
     tracer_warning = getattr(torch.jit, "TracerWarning", ())
     tracer_warnings = [w for w in caught if issubclass(w.category, tracer_warning)]
     if strict and tracer_warnings:
-        raise _ExporterFailed(f"trace may be input-specific: {_first_line(tracer_warnings[0].message)}")
+        raise _ExporterFailed(
+            f"trace may be input-specific: {_first_line(tracer_warnings[0].message)}"
+        )
 
 
 def _export_dynamo(model, inputs, tmp: Path, spec: _ExportSpec):
@@ -261,7 +266,9 @@ def _check(path: Path, name: str) -> int:
         onnx.checker.check_model(str(path), full_check=False)
         model_proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # noqa: BLE001
-        raise ExportError(f"ONNX checker rejected the export of {name}: {_first_line(error)}") from None
+        raise ExportError(
+            f"ONNX checker rejected the export of {name}: {_first_line(error)}"
+        ) from None
     return max(
         (entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx")),
         default=0,
@@ -278,7 +285,9 @@ def _parity(model, inputs, expected, path: Path, spec, rtol, atol, name) -> tupl
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001
-        raise ExportError(f"onnxruntime cannot load the export of {name}: {_first_line(error)}") from None
+        raise ExportError(
+            f"onnxruntime cannot load the export of {name}: {_first_line(error)}"
+        ) from None
 
     cases = [(inputs, expected)]
     if spec.dynamic_batch and all(t.dim() >= 1 for t in inputs):
@@ -315,7 +324,9 @@ def _parity(model, inputs, expected, path: Path, spec, rtol, atol, name) -> tupl
             else:
                 close = np.array_equal(ort_out, reference)
                 if not close:
-                    max_abs = max(max_abs, float(np.abs(ort_out.astype(np.float64) - reference).max()))
+                    max_abs = max(
+                        max_abs, float(np.abs(ort_out.astype(np.float64) - reference).max())
+                    )
                     max_rel = float("inf")
             if not close:
                 raise ExportError(
@@ -336,7 +347,9 @@ def _other_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         shape = (other, *tensor.shape[1:])
         if tensor.is_floating_point():
             std = float(tensor.float().std()) if tensor.numel() > 1 else 1.0
-            fresh = torch.randn(shape, generator=generator) * (std or 1.0) + float(tensor.float().mean())
+            fresh = torch.randn(shape, generator=generator) * (std or 1.0) + float(
+                tensor.float().mean()
+            )
             result.append(fresh.to(dtype=tensor.dtype, device=tensor.device))
         else:  # ids, masks: reuse real rows rather than invent values
             repeats = (other + tensor.shape[0] - 1) // tensor.shape[0]
@@ -373,7 +386,9 @@ def _flat_outputs(model, inputs, name: str) -> list[torch.Tensor]:
 
 
 def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = (
+        (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    )
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
         raise ExportError(f"example_inputs must be tensors, got {kinds}")
@@ -461,4 +476,4 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-__all__ = ["ExportReport", "export_onnx", "EXPORTERS", "DEFAULT_OPSET"]
+__all__ = ["DEFAULT_OPSET", "EXPORTERS", "ExportReport", "export_onnx"]

@@ -1108,7 +1108,8 @@ def _rewrite_getitem(node: fx.Node, ctx) -> None:
         if p is Ellipsis:
             d += len(xl) - n_consumed
         elif isinstance(p, slice):
-            if xl[d] is not None and (p.start is not None or p.stop is not None):
+            static = all(v is None or isinstance(v, int) for v in (p.start, p.stop))
+            if xl[d] is not None and static and (p.start is not None or p.stop is not None):
                 arr = xl[d]
                 start = ctx.kept_count(arr[: p.start]) if p.start is not None else None
                 stop = ctx.kept_count(arr[: p.stop]) if p.stop is not None else None

@@ -11,6 +11,7 @@ host->device copies, i.e. what a caller of ``session.run`` actually waits for.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -86,10 +87,9 @@ def _gpu_problem() -> str | None:
         return f"this onnxruntime {ort.__version__} build has no CUDAExecutionProvider"
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:  # find the CUDA/cuDNN libraries shipped with the torch wheels
-        try:
+        # a failure here resurfaces, named, when the CUDA session is created
+        with contextlib.suppress(Exception):
             preload()
-        except Exception:  # noqa: BLE001 - session creation will report what is missing
-            pass
     return None
 
 
@@ -97,7 +97,9 @@ def _tensorrt_libraries_present() -> bool:
     import ctypes.util
     import importlib.util
 
-    return importlib.util.find_spec("tensorrt") is not None or bool(ctypes.util.find_library("nvinfer"))
+    return importlib.util.find_spec("tensorrt") is not None or bool(
+        ctypes.util.find_library("nvinfer")
+    )
 
 
 # --------------------------------------------------------------------------- one file
@@ -523,12 +525,14 @@ def profile_models(
 
     batches = _checked_batches(batch_sizes)
     providers = resolve_providers(provider)  # fail on a bad provider before exporting
-    timing = dict(threads=threads, provider=provider, warmup=warmup, min_runs=min_runs,
-                  min_seconds=min_seconds)  # fmt: skip
+    timing = {"threads": threads, "provider": provider, "warmup": warmup,
+              "min_runs": min_runs, "min_seconds": min_seconds}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fxprune-profile-") as scratch:
         folder = Path(workdir) if workdir is not None else Path(scratch)
         profiles = [
-            measure_model(model, example_inputs, folder / f"{label}.onnx", batches, name=name, **timing)
+            measure_model(
+                model, example_inputs, folder / f"{label}.onnx", batches, name=name, **timing
+            )
             for model, label, name in ((dense, "dense", names[0]), (slim, "slim", names[1]))
         ]
     return ProfileReport(
@@ -609,7 +613,9 @@ def _as_record(record) -> tuple[float, float | None, float]:
         ratio, macs, latency_ms = record
         return (float(ratio), None if macs is None else float(macs), float(latency_ms))
     except (TypeError, ValueError):
-        raise ConfigError(f"bad sweep record {record!r}: expected (ratio, macs, latency_ms)") from None
+        raise ConfigError(
+            f"bad sweep record {record!r}: expected (ratio, macs, latency_ms)"
+        ) from None
 
 
 def _write_atomically(path: Path, data: bytes) -> Path:
@@ -620,6 +626,7 @@ def _write_atomically(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -628,15 +635,15 @@ def _write_atomically(path: Path, data: bytes) -> Path:
 
 __all__ = [
     "PROVIDERS",
+    "Environment",
     "LatencyStat",
     "ModelProfile",
-    "Environment",
-    "SweepPoint",
     "ProfileReport",
-    "resolve_providers",
-    "profile_onnx",
-    "profile_models",
-    "measure_model",
-    "sweep_plot",
+    "SweepPoint",
     "cpu_model",
+    "measure_model",
+    "profile_models",
+    "profile_onnx",
+    "resolve_providers",
+    "sweep_plot",
 ]

@@ -76,6 +76,8 @@ ScorerOpt = Annotated[str, typer.Option(help="Pruning scorer of the proxy.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of data split, initialisation, sampler.")]
 ImageSizeOpt = Annotated[int | None, typer.Option(
     help="Image side for digits (default 16) / synthetic (8) / tinyimagenet (64).")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    help="Torch threads per worker (default: cores // workers; 1 on a busy machine).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
 
@@ -192,6 +194,7 @@ def run(
     scorer: ScorerOpt = "synflow",
     seed: SeedOpt = 0,
     image_size: ImageSizeOpt = None,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Search hyperparameters (on the base network or its pruned proxy), then train the
@@ -205,7 +208,7 @@ def run(
                          out=out or Path(f"runs/hpo-{mode.value}"), storage=storage,
                          workers=workers, seeds=seeds, data_dir=data_dir, space=space,
                          ratio=ratio, min_ratio=min_ratio, scorer=scorer, seed=seed,
-                         image_size=image_size)
+                         image_size=image_size, threads=threads)
         with _ProgressDisplay(enabled=not quiet) as progress:
             report = driver.run(config, progress)
     _finish(report, config.out, started)
@@ -233,6 +236,7 @@ def compare(
     kendall_k: Annotated[int, typer.Option(
         help="Shared random configurations trained on both networks for Kendall's tau "
              "(0: skip).")] = 8,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Typical HPO vs proxy HPO with identical sampler, seed, trials and epochs: HPO time
@@ -245,7 +249,8 @@ def compare(
                          trials=trials, epochs=epochs, out=out or Path("runs/hpo-compare"),
                          storage=storage, workers=workers, seeds=seeds, data_dir=data_dir,
                          space=space, ratio=ratio, min_ratio=min_ratio, scorer=scorer,
-                         seed=seed, image_size=image_size, kendall_k=kendall_k)
+                         seed=seed, image_size=image_size, kendall_k=kendall_k,
+                         threads=threads)
         with _ProgressDisplay(enabled=not quiet) as progress:
             report = driver.compare(config, progress)
     _finish(report, config.out, started)

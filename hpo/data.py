@@ -214,8 +214,13 @@ def synthetic_dataset(
 ) -> Dataset:
     """Smooth random class prototypes plus pixel noise: a few epochs separate the classes."""
     generator = torch.Generator().manual_seed(seed)
-    # Binary 4x4 colour patterns, smoothed up: classes differ by whole-pixel contrast.
-    coarse = 0.2 + 0.6 * (torch.rand((num_classes, 3, 4, 4), generator=generator) > 0.5).float()
+    # Each class: its own mean colour (a distinct corner of the RGB cube while there are
+    # enough) plus a smooth random 4x4 pattern, so a few SGD steps separate the classes.
+    corners = torch.tensor([[(c >> b) & 1 for b in range(3)] for c in range(8)]).float()
+    colours = corners[torch.randperm(8, generator=generator)].repeat(num_classes // 8 + 1, 1)
+    colours = colours[:num_classes] + 0.1 * torch.randn((num_classes, 3), generator=generator)
+    pattern = torch.rand((num_classes, 3, 4, 4), generator=generator)
+    coarse = 0.2 + 0.35 * colours[:, :, None, None] + 0.25 * pattern
     prototypes = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear",
                                align_corners=False)  # (K, 3, S, S)
     count = train_size + val_size

@@ -38,7 +38,8 @@ Reproducible sampling
 
 Workers
     ``workers=N`` starts N local processes (multiprocessing, spawn) on the same storage;
-    each takes ``cores // N`` intra-op threads. A trial is claimed under an exclusive file
+    each takes ``cores // N`` intra-op threads (``threads`` overrides: on a machine shared
+    with other jobs, 1 thread avoids OpenMP oversubscription, which can cost 10x). A trial is claimed under an exclusive file
     lock in the run folder, so the budget is never overrun by racing workers.
 
 Failures
@@ -230,6 +231,7 @@ class HpoConfig:
     data_dir: str | None = None
     image_size: int | None = None
     storage: str | None = None
+    threads: int | None = None  # torch intra-op threads per worker; None: cores // workers
 
     def __post_init__(self) -> None:
         if isinstance(self.space, dict):
@@ -243,6 +245,8 @@ class HpoConfig:
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.seeds >= 0, f"--seeds must be 0 or more, got {self.seeds}"),
             (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
+            (self.threads is None or self.threads >= 1,
+             f"--threads must be at least 1, got {self.threads}"),
             (0.0 < self.ratio < 1.0, f"--ratio must be in (0, 1), got {self.ratio}"),
             (0.0 < self.min_ratio <= 1.0, f"--min-ratio must be in (0, 1], got {self.min_ratio}"),
             (self.kendall_k == 0 or self.kendall_k >= 2,
@@ -727,7 +731,7 @@ def _worker_entry(config_data: dict[str, Any], job_data: dict[str, Any], errors:
     from hpo.train import threads_per_worker
 
     config, job = HpoConfig.from_dict(config_data), Job.from_dict(job_data)
-    torch.set_num_threads(threads_per_worker(config.workers))
+    torch.set_num_threads(config.threads or threads_per_worker(config.workers))
     try:
         _work(config, job)
     except FxPruneError as err:
@@ -754,7 +758,7 @@ def _run_job(config: HpoConfig, job: Job, progress: ProgressCallback | None) -> 
     try:
         if config.workers == 1:
             threads = torch.get_num_threads()
-            torch.set_num_threads(threads_per_worker(1))
+            torch.set_num_threads(config.threads or threads_per_worker(1))
             try:
                 _work(config, job, progress)
             finally:

@@ -297,16 +297,17 @@ def render_report(report: HpoReport) -> Any:
     parts.append(header)
 
     studies = Table(title="HPO studies", title_justify="left")
-    for column in ("study", "trains", "complete", "pruned", "fail", "best acc", "best set",
-                   "wall time"):
-        studies.add_column(column, justify="left" if column in ("study", "best set") else "right")
+    for column in ("study", "trains", "complete", "pruned", "fail", "best acc", "wall time"):
+        studies.add_column(column, justify="left" if column == "study" else "right")
+    best_sets = Table.grid(padding=(0, 2))
     for study in report.studies:
         counts = study.counts
         studies.add_row(study.name, study.role, str(counts.get("COMPLETE", 0)),
                         str(counts.get("PRUNED", 0)), str(counts.get("FAIL", 0)),
-                        _pct(study.best_value), _params_text(study.best_params),
-                        f"{study.wall_seconds:.1f}s")
-    parts.append(studies)
+                        _pct(study.best_value), f"{study.wall_seconds:.1f}s")
+        best_sets.add_row(f"best set of {study.name}", f"trial {study.best_trial}",
+                          _params_text(study.best_params))
+    parts.extend([studies, best_sets])
 
     if report.proxy is not None:
         proxy = report.proxy
@@ -319,13 +320,11 @@ def render_report(report: HpoReport) -> Any:
 
     if report.finals:
         finals = Table(title="Base network trained with the best set", title_justify="left")
-        for column in ("best set from", "seeds", "accuracy mean", "std", "failed", "set"):
-            finals.add_column(column, justify="left" if column in ("best set from", "set")
-                              else "right")
+        for column in ("best set from", "seeds", "accuracy mean", "std", "failed seeds"):
+            finals.add_column(column, justify="left" if column == "best set from" else "right")
         for final in report.finals:
             finals.add_row(final.source, ",".join(map(str, final.seeds)), _pct(final.mean),
-                           _pct(final.std), ",".join(map(str, final.failed_seeds)) or "-",
-                           _params_text(final.params))
+                           _pct(final.std), ",".join(map(str, final.failed_seeds)) or "-")
         parts.append(finals)
 
     if report.kind == "compare":
