@@ -137,7 +137,11 @@ def prune(
     score_fn = get_scorer(scorer)
     if getattr(score_fn, "needs_data", False) and data is None:
         raise ConfigError(f"scorer '{scorer_name}' needs a data batch: pass data=(inputs, targets)")
-    scores = class_scores(graph, score_fn(graph, inputs, data))
+    raw = score_fn(graph, inputs, data)
+    if getattr(score_fn, "class_level", False):
+        scores = np.asarray(raw, dtype=np.float64)
+    else:
+        scores = class_scores(graph, raw)
     times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if target is not None:

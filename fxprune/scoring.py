@@ -47,9 +47,14 @@ def register_scorer(name: str):
 def get_scorer(name: str | Scorer, **options) -> Scorer:
     if not isinstance(name, str):
         return name
+    _load_builtin_scorers()
     if name not in SCORERS:
         raise ConfigError(f"unknown scorer {name!r}; choose one of {', '.join(sorted(SCORERS))}")
     return SCORERS[name](**options)
+
+
+def _load_builtin_scorers() -> None:
+    from . import flops_target, synflow  # noqa: F401  (registration side effect)
 
 
 def producer_weight(gm: fx.GraphModule, space: Space) -> tuple[torch.Tensor, int] | None:
