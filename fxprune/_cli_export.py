@@ -40,8 +40,11 @@ def export_command(
         typer.Option("--exporter", help="auto, torchscript or dynamo (auto: see fxprune.export)."),
     ] = "auto",
 ) -> None:
-    """Export MODEL to ONNX with a dynamic batch axis, check it, and prove onnxruntime
-    matches PyTorch on the example batch and on another batch size."""
+    """Export MODEL (or a slim folder) to ONNX and prove onnxruntime matches PyTorch.
+
+    Opset 17 or newer, a dynamic batch axis, onnx.checker, and a parity check on the
+    example batch and on another batch size.
+    """
     from rich.console import Console
 
     from fxprune.export import export_onnx
@@ -93,8 +96,11 @@ def profile_command(
         typer.Option("--min-seconds", help="Time each model and batch size at least this long."),
     ] = 1.0,
 ) -> None:
-    """Profile dense MODEL against its slim version in onnxruntime: params, MACs, latency,
-    throughput, speed-up and efficiency (speed-up / MACs reduction)."""
+    """Profile dense MODEL against its slim version in onnxruntime.
+
+    Params, MACs, median/p90 latency, throughput, speed-up and efficiency (speed-up
+    divided by the MACs reduction) per batch size.
+    """
     from rich.console import Console
 
     import fxprune

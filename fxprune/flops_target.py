@@ -60,13 +60,17 @@ class CostModel:
             total += macs * f
         return total
 
-    def class_costs(self) -> np.ndarray:
+    def class_costs(self, split: bool = False) -> np.ndarray:
+        """MACs per class: the marginal saving of removing it (a layer counts for both its
+        input and output classes), or with ``split`` each layer's MACs shared half and
+        half between its input and output, so the classes' costs add up to the total."""
         g = self.graph
         cost = np.zeros(g.num_classes)
         for macs, out_s, in_s, grouped in self.layers:
-            for s in (out_s, None if grouped else in_s):
-                if s is not None:
-                    np.add.at(cost, g.atom_class[s.atoms], macs / len(s.atoms))
+            spaces = [s for s in (out_s, None if grouped else in_s) if s is not None]
+            share = macs / len(spaces) if split and spaces else macs
+            for s in spaces:
+                np.add.at(cost, g.atom_class[s.atoms], share / len(s.atoms))
         return cost
 
 

@@ -440,8 +440,8 @@ def _retire_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, wh
     keep["retries"] = int(keep.get("retries", 0)) + 1
     keep["retry_of"] = trial.number
     study.enqueue_trial(dict(trial.params), user_attrs=keep)
-    logger.warning("trial %d of %s was %s; its params are queued again", trial.number,
-                   study.study_name, why)
+    logger.warning("trial %d of %s interrupted (%s); its params are queued again",
+                   trial.number, study.study_name, why)
 
 
 def _recover_stale(study: optuna.Study) -> int:
@@ -601,7 +601,7 @@ class _TrialRunner:
         from hpo.train import train_model
 
         attrs = trial.user_attrs
-        if "hyperparams" in attrs:  # a planned trial: the point is fixed
+        if "plan_key" in attrs:  # a planned trial: the point is fixed
             hyperparams = HyperParams.from_dict(attrs["hyperparams"])
         else:
             hyperparams = self.config.space.suggest(trial)
@@ -1061,7 +1061,9 @@ def _importances(study: optuna.Study) -> dict[str, float] | None:
     import optuna
 
     try:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "some regimes have less than 2 trials"
+            importances = optuna.importance.get_param_importances(study)
     except Exception as err:  # noqa: BLE001 - a degenerate study: skip the plot, say why
         logger.info("no parameter importances for %s: %s", study.study_name, err)
         return None

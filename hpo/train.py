@@ -113,7 +113,7 @@ def train_model(
                 images, labels = data.batch("train", order[first:first + batch_size], generator)
                 loss = F.cross_entropy(model(images.to(device)), labels.to(device))
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(epoch + 1, step, float(loss))
+                    raise TrainingDiverged(epoch + 1, step, float(loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

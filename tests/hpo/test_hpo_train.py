@@ -56,7 +56,7 @@ def test_training_learns_and_is_deterministic(tiny: nn.Module, synthetic):
 
 
 def test_nan_loss_raises_training_diverged(tiny: nn.Module, synthetic):
-    point = HyperParams(lr=1e6, batch_size=32, weight_decay=0.0)
+    point = HyperParams(lr=1e10, batch_size=32, weight_decay=5e-4)
     with pytest.raises(TrainingDiverged, match="diverged: loss=") as info:
         train_model(reinitialise(tiny, 1), synthetic, point, 3, seed=0)
     assert info.value.epoch >= 1

@@ -1,0 +1,94 @@
+"""``InspectReport``: the channel groups of a model, as data that renders itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .api import analyze
+from .flops_target import CostModel
+
+
+@dataclass
+class InspectReport:
+    model: str
+    params: int
+    macs: int
+    groups: list[dict[str, Any]]
+    unhandled: list[dict[str, str]]
+    max_members: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "params": self.params, "macs": self.macs,
+                "groups": self.groups, "unhandled_ops": self.unhandled}
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        t = Table(title=f"channel groups of {self.model}", title_justify="left")
+        for col, kw in [("id", {"justify": "right"}), ("members", {}), ("channels", {"justify": "right"}),
+                        ("FLOPs share", {"justify": "right"}), ("status", {})]:
+            t.add_column(col, **kw)
+        for g in self.groups:
+            members = g["members"]
+            shown = ", ".join(members[: self.max_members])
+            if len(members) > self.max_members:
+                shown += f", ... (+{len(members) - self.max_members})"
+            if g["prunable"]:
+                status = "[green]prunable[/]"
+                if g["pinned"]:
+                    status += f" ({g['pinned']} pinned)"
+                if g["inexact"]:
+                    status += " [yellow]~inexact[/]"
+            else:
+                status = f"[red]frozen[/]: {g['frozen_reason']}"
+            t.add_row(str(g["id"]), shown, str(g["size"]), f"{100 * g['flops_share']:.1f}%", status)
+        prunable = sum(g["size"] for g in self.groups if g["prunable"])
+        total = sum(g["size"] for g in self.groups)
+        lines = [t, Text(f"params {self.params:,}   MACs {self.macs:,}   groups {len(self.groups)}   "
+                         f"prunable channels {prunable:,} of {total:,}")]
+        if self.unhandled:
+            u = Table(title="ops that froze channels (no handler)", title_justify="left")
+            u.add_column("node")
+            u.add_column("op")
+            u.add_column("reason")
+            for op in self.unhandled:
+                u.add_row(op["node"], op["target"], op["reason"])
+            lines.append(u)
+        return Group(*lines)
+
+
+def inspect_model(model, example_inputs, leaf_modules=(), name: str | None = None) -> InspectReport:
+    graph = analyze(model, example_inputs, leaf_modules)
+    cost = CostModel(graph, example_inputs)
+    class_cost = cost.class_costs(split=True)
+    total = max(1.0, float(cost.total))
+    groups = []
+    for g in graph.groups:
+        groups.append({
+            "id": g.id,
+            "members": list(g.members),
+            "size": g.size,
+            "prunable": g.prunable,
+            "pinned": g.frozen_classes if g.prunable else 0,
+            "frozen_reason": None if g.prunable else g.frozen_reason,
+            "inexact": g.inexact_reason,
+            "flops_share": float(np.sum(class_cost[g.classes]) / total),
+        })
+    from .flops import count_params
+
+    return InspectReport(
+        model=name or type(model).__name__,
+        params=count_params(model),
+        macs=int(cost.total),
+        groups=groups,
+        unhandled=[u.__dict__ for u in graph.unhandled],
+    )
+
+
+__all__ = ["InspectReport", "inspect_model"]

@@ -1,0 +1,312 @@
+"""The HPO driver: samplers and pruners, the proxy network, resume after a crash, budget,
+local workers, failing trials, Hyperband settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import hpo.train
+from fxprune.errors import ConfigError, FxPruneError
+from hpo import driver
+from hpo.driver import HpoConfig, NetworkFactory, hyperband_settings
+from hpo.space import SearchSpace
+
+
+def load(config: HpoConfig, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=driver.open_storage(config))
+
+
+def states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.get_trials()]
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials()
+            if t.state.is_finished() and not str(t.user_attrs.get("reason", "")).startswith(
+                "interrupted")]
+
+
+@pytest.mark.parametrize("sampler", sorted(driver.SAMPLERS))
+def test_every_sampler_runs_with_hyperband(make_config, sampler: str):
+    config = make_config(sampler=sampler, pruner="hyperband", trials=5, epochs=3)
+    report = driver.run(config)
+    study = load(config, "proxy")
+    assert len(finished(study)) == 5
+    assert set(states(study)) <= {"COMPLETE", "PRUNED"}
+    assert "COMPLETE" in states(study)
+    assert report.study("proxy").best_value == max(
+        t.value for t in study.get_trials() if t.state == TrialState.COMPLETE)
+    best = json.loads((Path(config.out) / "best.json").read_text())
+    assert best["mode"] == "proxy" and best["value"] == report.study("proxy").best_value
+    assert (Path(config.out) / "report.json").is_file()
+    assert (Path(config.out) / "history_proxy.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("pruner", ["median", "none"])
+def test_every_pruner_runs(make_config, pruner: str):
+    config = make_config(mode="typical", sampler="tpe", pruner=pruner, trials=6, epochs=4)
+    driver.run(config)
+    study = load(config, "typical")
+    assert len(finished(study)) == 6
+    assert all(len(t.intermediate_values) >= 1 for t in study.get_trials())
+    if pruner == "none":
+        assert states(study) == ["COMPLETE"] * 6
+
+
+def test_hyperband_defaults_give_the_documented_brackets():
+    for trials, epochs, brackets in [(10, 160, 1), (50, 160, 2), (100, 160, 3), (50, 2, 1),
+                                     (30, 4, 2), (100, 9, 3), (12, 6, 1)]:
+        settings = hyperband_settings(trials, epochs)
+        assert settings["brackets"] == brackets, (trials, epochs)
+        pruner = driver.PRUNERS["hyperband"](trials, epochs)
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        trial = study.ask()
+        trial.report(0.5, 1)
+        trial.should_prune()  # initialises the pruner's brackets
+        assert pruner._n_brackets == brackets, (trials, epochs)
+
+
+def test_proxy_trains_a_slim_reinitialised_network(make_config, monkeypatch):
+    config = make_config(mode="proxy", trials=2)
+    data = driver.load_data(config)
+    factory = NetworkFactory(config, data, "proxy")
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(factory.template) < 0.5 * count(factory.base)
+    assert factory.proxy_info.params_after == count(factory.template)
+
+    # trial networks: the slim shapes, weights drawn afresh from the trial's seed
+    pruned, trained = factory.template.state_dict(), factory.make(seed=11).state_dict()
+    assert {k: v.shape for k, v in pruned.items()} == {k: v.shape for k, v in trained.items()}
+    weights = [k for k, v in pruned.items() if k.endswith("weight") and v.dim() > 1]
+    assert weights and all(not torch.equal(pruned[k], trained[k]) for k in weights)
+    assert all(torch.equal(trained[k], factory.make(seed=11).state_dict()[k]) for k in weights)
+
+    # and the run trains exactly those networks
+    sizes: list[int] = []
+    real_train = hpo.train.train_model
+
+    def spy(model, *args, **kwargs):
+        sizes.append(count(model))
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(hpo.train, "train_model", spy)
+    report = driver.run(config)
+    assert sizes == [count(factory.template)] * 2
+    assert report.proxy.params_after < report.proxy.params_before
+
+
+class SimulatedCrash(BaseException):
+    """Not an Exception: like a kill, nothing in the driver records it."""
+
+
+def crash_on_call(monkeypatch, call: int) -> None:
+    real_train, calls = hpo.train.train_model, []
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise SimulatedCrash
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(hpo.train, "train_model", train)
+
+
+def test_resume_after_a_crash_neither_loses_nor_repeats_trials(make_config, monkeypatch,
+                                                                tmp_path: Path):
+    config = make_config(mode="typical")
+    crash_on_call(monkeypatch, call=3)
+    with pytest.raises(SimulatedCrash):
+        driver.run(config)
+    study = load(config, "typical")
+    assert states(study) == ["COMPLETE", "COMPLETE", "RUNNING"]
+    before = [t.params for t in study.get_trials()]
+    monkeypatch.undo()
+
+    driver.run(config)
+    trials = load(config, "typical").get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4  # the budget, exactly
+    assert [t.params for t in trials[:2]] == before[:2]  # kept, not re-run
+    interrupted = trials[2]
+    assert interrupted.state == TrialState.FAIL
+    assert interrupted.user_attrs["reason"].startswith("interrupted")
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == 2]
+    assert len(retried) == 1 and retried[0].params == before[2]
+    assert retried[0].user_attrs["seed"] == interrupted.user_attrs["seed"]
+    assert len({json.dumps(t.params, sort_keys=True) for t in complete}) == 4  # none repeated
+
+    # an uninterrupted run proposes the same first three points
+    clean = make_config(mode="typical", out=str(tmp_path / "clean"))
+    driver.run(clean)
+    assert [t.params for t in load(clean, "typical").get_trials()[:3]] == before
+
+    # re-running a finished folder trains nothing more
+    driver.run(config)
+    assert len(load(config, "typical").get_trials()) == len(trials)
+
+
+KILL_SCRIPT = textwrap.dedent('''
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    import hpo.train
+    from hpo import driver
+    from hpo.driver import HpoConfig
+
+    real_train, calls = hpo.train.train_model, []
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(600)  # the test kills us here, mid-trial
+        return real_train(*args, **kwargs)
+
+    hpo.train.train_model = train
+    driver.run(HpoConfig.from_dict(__import__("json").loads(sys.argv[1])))
+''')
+
+
+def test_sigkill_mid_trial_then_resume(make_config):
+    config = make_config(mode="typical", trials=4)
+    args = [sys.executable, "-c", KILL_SCRIPT, json.dumps(config.to_dict())]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = Path(config.out) / "journal.log"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if journal.is_file() and states(load(config, "typical")) == [
+                    "COMPLETE", "COMPLETE", "RUNNING"]:
+                break
+            assert process.poll() is None, process.stderr.read().decode()
+            time.sleep(0.5)
+        else:
+            pytest.fail("the study never reached its third trial")
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+    driver.run(config)
+    study = load(config, "typical")
+    assert len([t for t in study.get_trials() if t.state == TrialState.COMPLETE]) == 4
+    assert study.get_trials()[2].user_attrs["reason"].startswith("interrupted")
+
+
+def test_a_torn_journal_line_is_cut_before_resuming(make_config):
+    config = make_config(mode="typical", trials=2)
+    driver.run(config)
+    journal = Path(config.out) / "journal.log"
+    with open(journal, "ab") as handle:
+        handle.write(b'{"op_code": 4, "worker_id": "x", "trial_id"')  # killed mid-append
+    driver.run(config.replace(trials=3))
+    assert len(finished(load(config, "typical"))) == 3
+
+
+def test_two_local_workers_share_one_study(make_config, model_file: Path):
+    config = make_config(model=f"{model_file}:slow_model", mode="typical", trials=6, workers=2)
+    driver.run(config)
+    trials = load(config, "typical").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 6
+    owners = {t.user_attrs["owner"]["pid"] for t in trials}
+    assert len(owners) == 2 and os.getpid() not in owners
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
+
+
+def test_a_diverging_trial_is_recorded_and_the_study_goes_on(make_config):
+    # lr up to 1e12 (with seed 2 the first point is ~0.02, the second ~2e9 and diverges)
+    space = SearchSpace(lr=(1e-2, 1e12), batch_size=64)
+    config = make_config(mode="typical", space=space, seed=2, trials=4)
+    report = driver.run(config)
+    trials = load(config, "typical").get_trials()
+    assert len(trials) == 4
+    diverged = [t for t in trials if "diverged" in t.user_attrs.get("reason", "")]
+    assert diverged and all(t.state == TrialState.PRUNED and t.value == 0.0 for t in diverged)
+    assert trials[0].state == TrialState.COMPLETE
+    assert report.study("typical").best_trial == 0
+    records = {r.number: r for r in report.study("typical").trials}
+    assert records[diverged[0].number].reason.startswith("diverged: loss=")
+
+
+def test_a_raising_trial_fails_and_counts_toward_the_budget(make_config, monkeypatch):
+    real_train, calls = hpo.train.train_model, []
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access\nwas encountered")
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(hpo.train, "train_model", train)
+    driver.run(make_config(mode="typical", trials=4))
+    trials = load(make_config(), "typical").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["reason"] == (
+        "RuntimeError: CUDA error: an illegal memory access was encountered")
+    assert trials[2].user_attrs["reason"].startswith("out of memory: CUDA out of memory")
+
+
+def test_user_errors_stop_the_run(make_config, monkeypatch):
+    def train(*args, **kwargs):
+        raise FxPruneError("images/0.JPEG: cannot decode image")
+
+    monkeypatch.setattr(hpo.train, "train_model", train)
+    with pytest.raises(FxPruneError, match="cannot decode"):
+        driver.run(make_config(mode="typical"))
+    assert states(load(make_config(), "typical")) == ["FAIL"]
+
+
+def test_resuming_with_other_options_is_refused(make_config):
+    driver.run(make_config(mode="typical", trials=1))
+    driver.run(make_config(mode="typical", trials=2))  # a bigger budget is fine
+    with pytest.raises(ConfigError, match="epochs=2, this run asks 3"):
+        driver.run(make_config(mode="typical", trials=2, epochs=3))
+
+
+def test_final_mode_trains_the_base_network_with_best_json(make_config, model_file: Path):
+    config = make_config(mode="proxy", trials=2)
+    driver.run(config)
+    best = json.loads((Path(config.out) / "best.json").read_text())
+    report = driver.run(config.replace(mode="final", seeds=2))
+    final = report.final("proxy")
+    assert final.seeds == (0, 1) and len(final.accuracies) == 2
+    assert final.params == best["hyperparams"]
+    state = torch.load(Path(config.out) / "base_model.pt")
+    from fxprune.loading import load_model
+
+    base, _ = load_model(str(model_file), input_shape=(1, 3, 8, 8), num_classes=4)
+    base.load_state_dict(state)  # the *base* network, at full width
+
+
+def test_compare_reports_time_gap_and_tau(make_config):
+    config = make_config(trials=3, seeds=2, kendall_k=3)
+    report = driver.compare(config)
+    assert {s.name for s in report.studies} == {"typical", "proxy"}
+    assert report.time_reduction_pct is not None
+    assert report.accuracy_gap == pytest.approx(
+        100 * (report.final("proxy").mean - report.final("typical").mean))
+    assert len(report.rank.params) == 3
+    assert all(score is not None for score in report.rank.base_scores + report.rank.proxy_scores)
+    saved = json.loads((Path(config.out) / "report.json").read_text())
+    assert saved["kind"] == "compare" and saved["accuracy_gap_pp"] == pytest.approx(
+        report.accuracy_gap)
+    assert set(json.loads((Path(config.out) / "best.json").read_text())) == {"typical", "proxy"}
+    for name in ("base_model_typical.pt", "base_model_proxy.pt"):
+        assert (Path(config.out) / name).is_file()
+    # the same configurations on both networks
+    base = load(config, "rank-base").get_trials()
+    proxy = load(config, "rank-proxy").get_trials()
+    assert [t.user_attrs["hyperparams"] for t in base] == [
+        t.user_attrs["hyperparams"] for t in proxy]
