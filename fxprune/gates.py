@@ -179,22 +179,19 @@ def _disambiguate(sections: list[Section]) -> None:
             sections[i] = Section(s.key, f"{s.name}[{s.key}]", s.branch, s.skip, s.nodes, s.modules)
 
 
-def remove_sections(gm: fx.GraphModule, keys: list[str]) -> fx.GraphModule:
-    """Replace each named section's add by its skip operand, in place; dead nodes and the
-    modules only they used are deleted. Returns ``gm``."""
-    by_name = {n.name: n for n in gm.graph.nodes}
-    for key in keys:
-        add = by_name[key]
-        operands = _add_operands(add)
-        if operands is None:
-            raise AssertionError(f"node '{key}' is not a residual add")
-        sections = {s.key: s for s in find_sections(gm)}
-        section = sections[key]
-        skip = by_name[section.skip]
+def remove_sections(gm: fx.GraphModule, sections: list[Section]) -> fx.GraphModule:
+    """Replace each section's add by its skip operand, in place (node names survive
+    ``slim`` and re-tracing, so sections found on an earlier copy still apply). Dead
+    nodes and the modules only they used are deleted. A section nested in one removed
+    before it is already gone and skipped. Returns ``gm``."""
+    for section in sections:
+        by_name = {n.name: n for n in gm.graph.nodes}
+        add, skip = by_name.get(section.key), by_name.get(section.skip)
+        if add is None or skip is None:
+            continue
         add.replace_all_uses_with(skip)
         gm.graph.erase_node(add)
         gm.graph.eliminate_dead_code()
-        by_name = {n.name: n for n in gm.graph.nodes}
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm

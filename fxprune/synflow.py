@@ -40,6 +40,24 @@ def _leaves(x: Any) -> list[torch.Tensor]:
     return []
 
 
+def _first_non_finite(model, inputs) -> str:
+    """Name the first node whose output is not finite (the layer that overflowed)."""
+    import torch.fx as fx
+
+    found: list[str] = []
+
+    class Finder(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if not found and any(not torch.isfinite(t).all() for t in _leaves(out)):
+                found.append(f"node '{n.name}'" + (f" (module '{n.target}')" if n.op == "call_module" else ""))
+            return out
+
+    with torch.no_grad():
+        Finder(model).run(*inputs)
+    return found[0] if found else "the output"
+
+
 def _channel_means(graph, model: nn.Module, saliency) -> dict[str, np.ndarray]:
     """Eq. 2: mean saliency over each output channel's weights, per producer space."""
     out = {}
@@ -91,8 +109,8 @@ class SynflowScorer:
                      for t in example_inputs)
         R = sum(t.sum() for t in _leaves(model(*ones)))
         if not torch.isfinite(R):
-            raise ScoreError("Synflow objective R (sum of logits for an input of ones) is not "
-                             "finite in float64; try linearize=True")
+            raise ScoreError(f"Synflow objective is not finite in float64: {_first_non_finite(model, ones)}"
+                             " overflows; try linearize=True or check the weights")
         R.backward()
         return _channel_means(graph, model, lambda w: w * w.grad)
 

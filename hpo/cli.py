@@ -104,11 +104,12 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except FxPruneError as err:
-        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), (str(err), "red")))
+        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), (str(err), "red")),
+                                   soft_wrap=True)  # one line, however narrow the terminal
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         Console(stderr=True).print(Text("interrupted: re-run the same command to resume",
-                                        style="yellow"))
+                                        style="yellow"), soft_wrap=True)
         raise typer.Exit(130) from None
 
 
