@@ -154,14 +154,20 @@ def out_shape(node: fx.Node) -> tuple | None:
 
 def merge_elementwise(b: Builder, node: fx.Node, operands: list[fx.Node], shape: tuple) -> Labels:
     """Broadcasting elementwise op: operand dims that line up are cut together."""
+    pairs = [(b.shape(op), b.labels(op)) for op in operands]
+    return merge_broadcast(b, node, [(s, lab) for s, lab in pairs if s is not None and lab is not None],
+                           shape)
+
+
+def merge_broadcast(b: Builder, node: fx.Node, operands: list[tuple[tuple, Labels]],
+                    shape: tuple) -> Labels:
+    """Union the labels of (shape, labels) operands along every non-broadcast dim of
+    ``shape``; a channel dim meeting a plain dim of the same size is frozen."""
     n = len(shape)
     out: Labels = [None] * n
     for d in range(n):
         arrays, plain = [], False
-        for op in operands:
-            s, lab = b.shape(op), b.labels(op)
-            if s is None or lab is None:
-                continue
+        for s, lab in operands:
             k = d - (n - len(s))
             if k < 0 or (s[k] == 1 and shape[d] != 1):
                 continue
@@ -627,33 +633,8 @@ def _matmul(b, node):
     else:
         b.freeze(al[-1], f"matmul '{node.name}' contracts against a plain dim")
         b.freeze(cl[-2], f"matmul '{node.name}' contracts against a plain dim")
-    batch_shape = shape[:-2]
-    out = merge_elementwise_batch(b, node, a, c, batch_shape)
-    return out + [al[-2], cl[-1]]
-
-
-def merge_elementwise_batch(b, node, a, c, batch_shape) -> Labels:
-    """Broadcast-merge the leading batch dims of two matmul operands."""
-    n = len(batch_shape)
-    out: Labels = [None] * n
-    for d in range(n):
-        arrays, plain = [], False
-        for op in (a, c):
-            s, lab = b.shape(op)[:-2], b.labels(op)[:-2]
-            k = d - (n - len(s))
-            if k < 0 or (s[k] == 1 and batch_shape[d] != 1):
-                continue
-            if lab[k] is None:
-                plain = True
-            else:
-                arrays.append(lab[k])
-        if arrays:
-            for x in arrays[1:]:
-                b.union(arrays[0], x)
-            if plain:
-                b.freeze(arrays[0], f"meets a non-channel dimension at node '{node.name}'")
-            out[d] = arrays[0]
-    return out
+    batch = [(b.shape(op)[:-2], b.labels(op)[:-2]) for op in (a, c)]
+    return merge_broadcast(b, node, batch, shape[:-2]) + [al[-2], cl[-1]]
 
 
 # ------------------------------------------------------------------ reductions

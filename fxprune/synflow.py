@@ -27,17 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ScoreError
+from .trace import tensor_leaves
 from .scoring import producer_weight, register_scorer
-
-
-def _leaves(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, dict):
-        return [t for k in sorted(x) for t in _leaves(x[k])]
-    if isinstance(x, (tuple, list)):
-        return [t for v in x for t in _leaves(v)]
-    return []
 
 
 def _first_non_finite(model, inputs) -> str:
@@ -49,7 +40,7 @@ def _first_non_finite(model, inputs) -> str:
     class Finder(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if not found and any(not torch.isfinite(t).all() for t in _leaves(out)):
+            if not found and any(not torch.isfinite(t).all() for t in tensor_leaves(out)):
                 found.append(f"node '{n.name}'" + (f" (module '{n.target}')" if n.op == "call_module" else ""))
             return out
 
@@ -107,7 +98,7 @@ class SynflowScorer:
             p.grad = None
         ones = tuple(torch.ones_like(t, dtype=torch.float64) if t.is_floating_point() else t
                      for t in example_inputs)
-        R = sum(t.sum() for t in _leaves(model(*ones)))
+        R = sum(t.sum() for t in tensor_leaves(model(*ones)))
         if not torch.isfinite(R):
             raise ScoreError(f"Synflow objective is not finite in float64: {_first_non_finite(model, ones)}"
                              " overflows; try linearize=True or check the weights")
@@ -127,7 +118,7 @@ class SnipScorer:
         model = copy.deepcopy(graph.gm).eval()
         for p in model.parameters():
             p.requires_grad_(True)
-        logits = _leaves(model(inputs))[0]
+        logits = tensor_leaves(model(inputs))[0]
         F.cross_entropy(logits, targets).backward()
         return _channel_means(graph, model, lambda w: (w * w.grad).abs())
 

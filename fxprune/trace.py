@@ -110,6 +110,17 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
+def tensor_leaves(x: Any) -> list[torch.Tensor]:
+    """Every tensor inside a (nested) output: tensors, tuples/lists, dicts (sorted keys)."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        return [t for k in sorted(x) for t in tensor_leaves(x[k])]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in tensor_leaves(v)]
+    return []
+
+
 def _shape_of(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return tuple(value.shape)

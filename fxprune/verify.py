@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 
 from .graph import META_LABELS, ChannelGraph
+from .trace import tensor_leaves
 
 
 @dataclass
@@ -74,27 +75,17 @@ def masked_forward(graph: ChannelGraph, keep: np.ndarray, inputs: tuple) -> Any:
         gm.train(was)
 
 
-def _leaves(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, dict):
-        return [t for k in sorted(x) for t in _leaves(x[k])]
-    if isinstance(x, (tuple, list)):
-        return [t for v in x for t in _leaves(v)]
-    return []
-
-
 def verify_equivalence(graph: ChannelGraph, keep: np.ndarray, slim_model: torch.nn.Module,
                        inputs: tuple, rtol: float = 1e-4) -> EquivalenceReport:
     """Compare the slim model with the masked dense reference on ``inputs``."""
     pruned = ~keep
     exact = not bool((pruned & graph.class_inexact).any())
-    ref = _leaves(masked_forward(graph, keep, inputs))
+    ref = tensor_leaves(masked_forward(graph, keep, inputs))
     was = slim_model.training
     slim_model.eval()
     try:
         with torch.no_grad():
-            got = _leaves(slim_model(*inputs))
+            got = tensor_leaves(slim_model(*inputs))
     finally:
         slim_model.train(was)
     if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
