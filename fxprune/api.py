@@ -191,8 +191,9 @@ def save_slim(model: fx.GraphModule, directory: str | os.PathLike, example_input
 def load_slim(directory: str | os.PathLike) -> tuple[fx.GraphModule, tuple[torch.Tensor, ...]]:
     """Load a slim model written by ``fxprune prune --out DIR``: ``(model, example_inputs)``.
 
-    Needs only torch (and fxprune is not even required) as long as the model's leaf
-    modules are torch/torchvision classes; custom leaf modules need their source importable.
+    The file is a pickled GraphModule: ``torch.load(DIR / "slim.pt", weights_only=False)``
+    works with torch alone (no fxprune, no model source) as long as its leaf modules are
+    torch classes; custom leaf modules need their source importable.
     """
     d = Path(directory)
     path = d / SLIM_FILE

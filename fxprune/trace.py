@@ -93,7 +93,11 @@ def symbolic_trace(
             "Python-level control flow."
         ) from exc
     name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    # forget our tracer class: a pickled slim model must load with torch alone
+    graph._tracer_cls = None
+    gm = fx.GraphModule(tracer.root, graph, name)
+    gm._tracer_cls = None
+    return gm
 
 
 class _ShapeRecorder(fx.Interpreter):

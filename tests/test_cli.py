@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -91,6 +93,13 @@ def test_prune_writes_loadable_folder(model_file, tmp_path):
     assert {p.name for p in out.iterdir()} == {"slim.pt", "meta.json", "plan.json", "summary.json"}
     model, inputs = fxprune.load_slim(out)
     assert model(inputs[0]).shape == (2, 4)
+    # loadable by torch alone, in a fresh interpreter without fxprune or the model file
+    code = (f"import sys, torch; sys.modules['fxprune'] = None; "
+            f"m = torch.load({str(out / 'slim.pt')!r}, weights_only=False); "
+            f"print(tuple(m(torch.randn(3, 3, 16, 16)).shape))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.stdout.strip() == "(3, 4)", done.stderr[-500:]
     plan = json.loads((out / "plan.json").read_text())
     assert plan["settings"]["scorer"] == "synflow" and plan["modules"]
     summary = json.loads((out / "summary.json").read_text())
