@@ -29,7 +29,10 @@ _EXPORTS = {
     "hpo_app": "hpo.cli",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # noqa: RUF022 - grouped by module, as in _EXPORTS
+    "SearchSpace", "HyperParams", "Dataset", "load_dataset", "train_model", "reinitialise",
+    "TrainingDiverged", "HpoConfig", "run", "compare", "collect_report", "HpoReport", "hpo_app",
+]
 
 
 def __getattr__(name: str) -> Any:

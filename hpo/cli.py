@@ -67,9 +67,10 @@ StorageOpt = Annotated[str | None, typer.Option(
     help="RDB URL (e.g. sqlite:///hpo.db) instead of the journal file in --out.")]
 WorkersOpt = Annotated[int, typer.Option(help="Local worker processes sharing the study.")]
 SeedsOpt = Annotated[int, typer.Option(help="Seeds of the final base-network training.")]
-DataDirOpt = Annotated[Path | None, typer.Option(help="Folder of cifar10/cifar100/tinyimagenet.")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    help="Folder holding the cifar10, cifar100 or tinyimagenet files.")]
 SpaceOpt = Annotated[Path | None, typer.Option(
-    help="TOML file overriding the search space (ranges [low, high] or fixed values).")]
+    help="TOML file overriding the search space: ranges \\[low, high] or fixed values.")]
 RatioOpt = Annotated[float, typer.Option(help="Fraction of channels pruned for the proxy.")]
 MinRatioOpt = Annotated[float, typer.Option(help="Fraction of each layer's channels kept.")]
 ScorerOpt = Annotated[str, typer.Option(help="Pruning scorer of the proxy.")]
@@ -117,31 +118,9 @@ class _ProgressDisplay:
     """rich progress, one bar per study: trial n/N, epoch, current and best accuracy,
     elapsed and remaining time; failed or diverged trials are printed above it."""
 
-    def __init__(self, enabled: bool) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = Console(stderr=True)
-        self.progress = Progress(
-            TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("eta"),
-            TimeRemainingColumn(), console=self.console, disable=not enabled,
-        )
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
         self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _ProgressDisplay:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
     def __call__(self, snapshot: Any) -> None:
         task = self.tasks.get(snapshot.study)
@@ -162,6 +141,27 @@ class _ProgressDisplay:
 
             self.progress.console.print(Text(f"{snapshot.study}: {snapshot.event}",
                                              style="yellow"))
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[_ProgressDisplay]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
+    )
+    with progress:
+        yield _ProgressDisplay(progress)
 
 
 def _finish(report: Any, out: str, started: float) -> None:
@@ -198,8 +198,13 @@ def run(
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Search hyperparameters (on the base network or its pruned proxy), then train the
-    base network with the best set over --seeds seeds."""
+    """Search hyperparameters, then train the base network with the best set.
+
+    --mode proxy (the default) searches on the pruned, reinitialised network.
+    --mode typical searches on the base network itself.
+    The winner then trains the base network over --seeds seeds.
+    Re-run the same command with the same --out to resume.
+    """
     started = time.perf_counter()
     with _user_errors():
         from hpo import driver
@@ -210,7 +215,7 @@ def run(
                          workers=workers, seeds=seeds, data_dir=data_dir, space=space,
                          ratio=ratio, min_ratio=min_ratio, scorer=scorer, seed=seed,
                          image_size=image_size, threads=threads)
-        with _ProgressDisplay(enabled=not quiet) as progress:
+        with _progress(enabled=not quiet) as progress:
             report = driver.run(config, progress)
     _finish(report, config.out, started)
 
@@ -240,8 +245,12 @@ def compare(
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Typical HPO vs proxy HPO with identical sampler, seed, trials and epochs: HPO time
-    reduction, final accuracy of each winner on the base network, Kendall's tau."""
+    """Typical vs proxy HPO: time saved, accuracy gap, Kendall's tau.
+
+    Both searches use the same sampler, seed, trials and epochs.
+    Each winner then trains the base network over --seeds seeds.
+    --kendall-k shared random configurations train on both networks (rank agreement).
+    """
     started = time.perf_counter()
     with _user_errors():
         from hpo import driver
@@ -252,7 +261,7 @@ def compare(
                          space=space, ratio=ratio, min_ratio=min_ratio, scorer=scorer,
                          seed=seed, image_size=image_size, kendall_k=kendall_k,
                          threads=threads)
-        with _ProgressDisplay(enabled=not quiet) as progress:
+        with _progress(enabled=not quiet) as progress:
             report = driver.compare(config, progress)
     _finish(report, config.out, started)
 
@@ -263,8 +272,10 @@ def report(
                                             show_default=False)],
     storage: StorageOpt = None,
 ) -> None:
-    """Rebuild report.json and the plots of a run folder from its storage (also for an
-    unfinished run) and print the summary."""
+    """Rebuild report.json and the plots of a run folder and print its summary.
+
+    Works on an unfinished or interrupted run too: everything is read from its storage.
+    """
     started = time.perf_counter()
     with _user_errors():
         from hpo import driver

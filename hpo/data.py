@@ -12,11 +12,11 @@ per-channel normalisation and the training augmentation. Sources:
   ``val/val_annotations.txt``, ``val/images``); images are decoded lazily, per batch.
 * ``synthetic``: class prototypes plus noise, learnable in a few epochs; for tests.
 
-Augmentation (train only) is done with tensor ops on whole batches: zero-pad by ``pad``
-and random-crop back, then horizontal flip with probability 0.5: pad 4 for CIFAR as in the paper, pad
-``image_size // 16`` for TinyImageNet (the paper's random rotation is left out), none for
-digits (a flipped digit is another glyph). Every failure to find or
-parse data is a one-line ``DataError`` naming the file.
+Augmentation (train only) is done with tensor ops on whole batches: zero-pad by ``pad`` and
+random-crop back, then horizontal flip with probability 0.5: pad 4 for CIFAR as in the
+paper, pad ``image_size // 16`` for TinyImageNet (the paper's random rotation is left out),
+none for digits (a flipped digit is another glyph). Every failure to find or parse data is a
+one-line ``DataError`` naming the file.
 """
 
 from __future__ import annotations
@@ -144,7 +144,9 @@ class Dataset:
                 "augment": {"pad": self.augment.pad, "hflip": self.augment.hflip}}
 
 
-def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, augment: Augment, generator: torch.Generator
+) -> torch.Tensor:
     """Pad-and-random-crop plus random horizontal flip on a (B, C, H, W) batch."""
     count, channels, height, width = images.shape
     if augment.pad > 0:
@@ -252,23 +254,26 @@ def _in_memory(
 # --- CIFAR -------------------------------------------------------------------------------
 
 _CIFAR_LAYOUT = {
-    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+         b"labels"),
     100: ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
 }
+
+
+# The only globals a CIFAR pickle needs: numpy's array reconstruction.
+_PICKLE_ALLOWED = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+})
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists and numpy arrays, and refuses every other global."""
 
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
-    }
-
     def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in self._ALLOWED:
+        if (module, name) not in _PICKLE_ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return super().find_class(module, name)
 
@@ -370,7 +375,16 @@ def tinyimagenet_dataset(data_dir: Path, image_size: int = 64) -> Dataset:
 
 
 __all__ = [
-    "Augment", "Dataset", "DATASETS", "ImageSet", "TensorImageSet", "FileImageSet",
-    "augment_batch", "load_dataset", "digits_dataset", "synthetic_dataset", "cifar_dataset",
+    "DATASETS",
+    "Augment",
+    "Dataset",
+    "FileImageSet",
+    "ImageSet",
+    "TensorImageSet",
+    "augment_batch",
+    "cifar_dataset",
+    "digits_dataset",
+    "load_dataset",
+    "synthetic_dataset",
     "tinyimagenet_dataset",
 ]

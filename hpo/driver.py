@@ -20,16 +20,16 @@ Storage and resume
     Every stage is an Optuna study in one storage: by default an append-only journal file
     (``journal.log``, ``JournalFileBackend``) in the run folder, which tolerates several
     writer processes where plain SQLite does not; ``--storage URL`` takes an RDB URL. Final
-    runs and the K shared configurations are *planned* studies whose trials are enqueued
-    up front, so they resume like searches. Re-running with the same folder resumes: the
-    budget counts COMPLETE, PRUNED and FAIL trials already there plus live RUNNING ones. A
-    RUNNING trial whose process is gone (same host, pid dead or reused, or this very process
-    no longer running it) is marked FAIL with ``reason`` "interrupted ..." and its params are
-    re-enqueued; such interrupted trials do not count toward the budget, so a study killed
-    at any point ends with exactly ``trials`` finished trials, none lost and none repeated.
-    A torn last line of the journal (a kill mid-write) is cut off before resuming. A study
-    created with different options (model, data, epochs, space, ...) is refused with a
-    ``ConfigError`` rather than mixed.
+    runs and the K shared configurations are *planned* studies whose trials are enqueued up
+    front, so they resume like searches. Re-running with the same folder resumes: the budget
+    counts COMPLETE, PRUNED and FAIL trials already there plus live RUNNING ones. A RUNNING
+    trial whose process is gone (same host, pid dead or reused, or this very process no
+    longer running it; or never stamped with an owner and over a minute old) is marked FAIL
+    with ``reason`` "interrupted ..." and its params are re-enqueued; such interrupted
+    trials do not count toward the budget, so a study killed at any point ends with exactly
+    ``trials`` finished trials, none lost and none repeated. A torn last line of the journal
+    (a kill mid-write) is cut off before resuming. A study created with different options
+    (model, data, epochs, space, ...) is refused with a ``ConfigError`` rather than mixed.
 
 Reproducible sampling
     The sampler is rebuilt before each new trial with a seed derived from ``seed`` and the
@@ -39,8 +39,9 @@ Reproducible sampling
 Workers
     ``workers=N`` starts N local processes (multiprocessing, spawn) on the same storage;
     each takes ``cores // N`` intra-op threads (``threads`` overrides: on a machine shared
-    with other jobs, 1 thread avoids OpenMP oversubscription, which can cost 10x). A trial is claimed under an exclusive file
-    lock in the run folder, so the budget is never overrun by racing workers.
+    with other jobs, 1 thread avoids OpenMP oversubscription, which can cost 10x). A trial
+    is claimed under an exclusive file lock in the run folder, so the budget is never
+    overrun by racing workers.
 
 Failures
     A trial whose loss turns NaN/inf is recorded as PRUNED with value 0.0 at the epoch where
@@ -77,6 +78,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -109,6 +111,7 @@ JOURNAL_FILE = "journal.log"
 CLAIM_LOCK_FILE = ".claim.lock"
 HYPERBAND_REDUCTION_FACTOR = 3
 INTERRUPTED = "interrupted"
+UNSTAMPED_GRACE_S = 60.0  # a RUNNING trial with no owner yet, older than this, is abandoned
 
 # --- registries: sampler and pruner by name ----------------------------------------------------
 
@@ -181,8 +184,6 @@ def hyperband_settings(trials: int, epochs: int) -> dict[str, int]:
 def _hyperband(trials: int, epochs: int) -> optuna.pruners.BasePruner:
     import optuna
 
-    if epochs < 2:
-        return optuna.pruners.NopPruner()
     settings = hyperband_settings(trials, epochs)
     return optuna.pruners.HyperbandPruner(
         min_resource=settings["min_resource"], max_resource=epochs,
@@ -404,15 +405,18 @@ def _owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
 
 
-def _owner_alive(owner: dict[str, Any] | None, trial_id: int) -> bool:
-    if owner is None:  # claimed but never stamped: its claimant died inside the lock
-        return False
+def _owner_alive(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the process running ``trial`` may still be alive."""
+    owner = trial.user_attrs.get("owner")
+    if owner is None:  # asked for but not yet stamped: stale only once clearly abandoned
+        started = trial.datetime_start
+        return started is None or (datetime.now() - started).total_seconds() < UNSTAMPED_GRACE_S
     if owner.get("host") != socket.gethostname():
         return True  # another machine's worker: we cannot tell, so we leave it alone
     pid = int(owner.get("pid", -1))
     if pid == os.getpid() and owner.get("start") == _process_start(pid):
-        return trial_id in _ACTIVE_TRIALS
-    if Path("/proc").is_dir():
+        return trial._trial_id in _ACTIVE_TRIALS
+    if Path("/proc").is_dir():  # dead, zombie, or the pid reused by a later process
         start = _process_start(pid)
         return start is not None and start == owner.get("start")
     try:
@@ -448,7 +452,7 @@ def _recover_stale(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if not _owner_alive(t.user_attrs.get("owner"), t._trial_id)]
+             if not _owner_alive(t)]
     for trial in stale:
         _retire_interrupted(study, trial, "its process is gone")
     return len(stale)
@@ -528,7 +532,7 @@ def _prepare_study(storage: optuna.storages.BaseStorage, job: Job,
     return study
 
 
-# --- what a trial trains ---------------------------------------------------------------------------
+# --- what a trial trains -------------------------------------------------------------------
 
 
 _DATA_CACHE: dict[tuple[Any, ...], Dataset] = {}
@@ -552,7 +556,6 @@ class NetworkFactory:
 
     def __init__(self, config: HpoConfig, data: Dataset, role: str) -> None:
         from fxprune.loading import load_model
-
         from hpo.train import reinitialise
 
         model, example_inputs = load_model(config.model, input_shape=data.input_shape,
@@ -707,8 +710,9 @@ def _work(config: HpoConfig, job: Job, progress: ProgressCallback | None = None)
     import optuna
 
     _quiet_optuna()
-    pruner = PRUNERS[config.pruner if job.kind == "search" else "none"](config.trials,
-                                                                          config.epochs)
+    # Planned trials are never pruned, and a one-epoch run has nothing to stop early.
+    prunes = job.kind == "search" and config.epochs >= 2
+    pruner = PRUNERS[config.pruner if prunes else "none"](config.trials, config.epochs)
     study = optuna.load_study(study_name=job.name, storage=open_storage(config), pruner=pruner)
     runner: _TrialRunner | None = None
     while True:
@@ -970,7 +974,7 @@ def _read_best(out: Path) -> tuple[str, HyperParams]:
     return str(data.get("mode", "proxy")), HyperParams.from_dict(data["hyperparams"])
 
 
-# --- the report, rebuilt from the storage -----------------------------------------------------------
+# --- the report, rebuilt from the storage -----------------------------------------------------
 
 
 def write_run_report(config: HpoConfig, kind: str) -> HpoReport:
@@ -1140,8 +1144,23 @@ def _summarise_rank(base: optuna.Study, proxy: optuna.Study) -> RankSummary:
 
 
 __all__ = [
-    "HpoConfig", "Job", "Snapshot", "MODES", "SAMPLERS", "PRUNERS", "NetworkFactory",
-    "run", "compare", "collect_report", "write_run_report", "load_run", "open_storage",
-    "repair_journal", "hyperband_settings", "startup_trials", "rank_configurations",
-    "load_data", "mask_url",
+    "MODES",
+    "PRUNERS",
+    "SAMPLERS",
+    "HpoConfig",
+    "Job",
+    "NetworkFactory",
+    "Snapshot",
+    "collect_report",
+    "compare",
+    "hyperband_settings",
+    "load_data",
+    "load_run",
+    "mask_url",
+    "open_storage",
+    "rank_configurations",
+    "repair_journal",
+    "run",
+    "startup_trials",
+    "write_run_report",
 ]

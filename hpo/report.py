@@ -437,7 +437,17 @@ def plot_proxy_vs_base(rank: RankSummary, path: Path) -> Path:
 
 
 __all__ = [
-    "TrialRecord", "StudySummary", "ProxyInfo", "FinalSummary", "RankSummary", "HpoReport",
-    "render_report", "write_report", "read_report", "atomic_write", "atomic_write_json",
-    "REPORT_FILE", "BEST_FILE",
+    "BEST_FILE",
+    "REPORT_FILE",
+    "FinalSummary",
+    "HpoReport",
+    "ProxyInfo",
+    "RankSummary",
+    "StudySummary",
+    "TrialRecord",
+    "atomic_write",
+    "atomic_write_json",
+    "read_report",
+    "render_report",
+    "write_report",
 ]

@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fxprune.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 if TYPE_CHECKING:
     import optuna
@@ -211,4 +216,4 @@ def _check_bound(name: str, bound: object) -> None:
     if isinstance(bound, tuple) and _LOG_SCALE[name] and bound[0] <= 0:
         raise ConfigError(f"search space {name}: a log-scale range needs low > 0, got {bound[0]}")
 
-__all__ = ["HyperParams", "SearchSpace", "PARAM_NAMES"]
+__all__ = ["PARAM_NAMES", "HyperParams", "SearchSpace"]

@@ -160,6 +160,13 @@ def reinitialise(model: nn.Module, seed: int) -> nn.Module:
 
 
 __all__ = [
-    "TrainingDiverged", "TrainResult", "train_model", "evaluate", "reinitialise",
-    "decay_milestones", "learning_rate", "threads_per_worker", "default_device",
+    "TrainResult",
+    "TrainingDiverged",
+    "decay_milestones",
+    "default_device",
+    "evaluate",
+    "learning_rate",
+    "reinitialise",
+    "threads_per_worker",
+    "train_model",
 ]

@@ -41,7 +41,7 @@ TINY_CNN = textwrap.dedent('''
 
 
     def slow_model(num_classes=10):
-        return TinyCNN(num_classes, step_delay=0.1)
+        return TinyCNN(num_classes, step_delay=0.25)
 ''')
 
 # A space whose batch size is fixed: trials then take a known number of steps.
@@ -70,9 +70,9 @@ def make_config(tmp_path: Path, model_file: Path):
     """``make_config(**changes)``: a tiny synthetic-data config writing under tmp_path."""
 
     def make(**changes: object) -> HpoConfig:
-        defaults = dict(model=str(model_file), data="synthetic", out=str(tmp_path / "run"),
-                        sampler="random", pruner="none", trials=4, epochs=2, seeds=0,
-                        kendall_k=0, space=FAST_SPACE, threads=1)
+        defaults = {"model": str(model_file), "data": "synthetic", "out": str(tmp_path / "run"),
+                    "sampler": "random", "pruner": "none", "trials": 4, "epochs": 2, "seeds": 0,
+                    "kendall_k": 0, "space": FAST_SPACE, "threads": 1}
         return HpoConfig(**{**defaults, **changes})
 
     return make

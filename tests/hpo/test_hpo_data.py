@@ -18,7 +18,7 @@ def test_digits_is_upscaled_three_channel_and_stratified():
     data = load_dataset("digits", seed=3)
     assert data.input_shape == (1, 3, 16, 16)
     assert (len(data.train), len(data.val)) == (1437, 360)
-    images, labels = data.batch("val", torch.arange(8))
+    images, _ = data.batch("val", torch.arange(8))
     assert images.shape == (8, 3, 16, 16) and images.dtype == torch.float32
     assert torch.equal(images[:, 0], images[:, 1])  # grey repeated over the channels
     train_share = torch.bincount(data.train.labels, minlength=10) / len(data.train)

@@ -82,7 +82,7 @@ def test_proxy_trains_a_slim_reinitialised_network(make_config, monkeypatch):
     config = make_config(mode="proxy", trials=2)
     data = driver.load_data(config)
     factory = NetworkFactory(config, data, "proxy")
-    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    count = lambda model: sum(p.numel() for p in model.parameters())
     assert count(factory.template) < 0.5 * count(factory.base)
     assert factory.proxy_info.params_after == count(factory.template)
 
@@ -310,3 +310,29 @@ def test_compare_reports_time_gap_and_tau(make_config):
     proxy = load(config, "rank-proxy").get_trials()
     assert [t.user_attrs["hyperparams"] for t in base] == [
         t.user_attrs["hyperparams"] for t in proxy]
+
+
+def test_digits_run(make_config):
+    config = make_config(data="digits", mode="typical", trials=2, epochs=1)
+    report = driver.run(config)
+    assert report.data["input_shape"] == [3, 16, 16] and report.data["train"] == 1437
+    assert len(finished(load(config, "typical"))) == 2
+
+
+def test_resnet20_proxy_on_digits_is_slim(make_config):
+    config = make_config(model="fxprune:resnet20", data="digits")
+    factory = NetworkFactory(config, driver.load_data(config), "proxy")
+    info = factory.proxy_info
+    assert info.scorer == "synflow" and (info.ratio, info.min_ratio) == (0.85, 0.15)
+    assert info.params_after < 0.1 * info.params_before
+    assert info.flops_after < 0.2 * info.flops_before
+    logits = factory.make(seed=3)(torch.zeros(2, 3, 16, 16))
+    assert logits.shape == (2, 10)
+
+
+def test_package_exports():
+    import hpo
+
+    for name in hpo.__all__:
+        assert getattr(hpo, name) is not None
+    assert hpo.HpoConfig is HpoConfig
