@@ -1,0 +1,79 @@
+"""Helpers shared by op handlers: argument access, broadcasting merges, parameter slicing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+
+from ..graph import Builder, Labels
+from ..trace import META_SHAPE
+
+
+# ----------------------------------------------------------------------------- helpers
+def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def out_shape(node: fx.Node) -> tuple | None:
+    s = node.meta.get(META_SHAPE)
+    return s if isinstance(s, tuple) and all(isinstance(x, int) for x in s) else None
+
+
+def merge_elementwise(b: Builder, node: fx.Node, operands: list[fx.Node], shape: tuple) -> Labels:
+    """Broadcasting elementwise op: operand dims that line up are cut together."""
+    pairs = [(b.shape(op), b.labels(op)) for op in operands]
+    return merge_broadcast(
+        b, node, [(s, lab) for s, lab in pairs if s is not None and lab is not None], shape
+    )
+
+
+def merge_broadcast(
+    b: Builder, node: fx.Node, operands: list[tuple[tuple, Labels]], shape: tuple
+) -> Labels:
+    """Union the labels of (shape, labels) operands along every non-broadcast dim of
+    ``shape``; a channel dim meeting a plain dim of the same size is frozen."""
+    n = len(shape)
+    out: Labels = [None] * n
+    for d in range(n):
+        arrays, plain = [], False
+        for s, lab in operands:
+            k = d - (n - len(s))
+            if k < 0 or (s[k] == 1 and shape[d] != 1):
+                continue
+            if lab[k] is None:
+                plain = True
+            else:
+                arrays.append(lab[k])
+        if arrays:
+            for a in arrays[1:]:
+                b.union(arrays[0], a)
+            if plain:
+                b.freeze(arrays[0], f"meets a non-channel dimension at node '{node.name}'")
+            out[d] = arrays[0]
+    return out
+
+
+def elementwise(b: Builder, node: fx.Node) -> Labels | None:
+    shape = out_shape(node)
+    if shape is None:
+        return b.unhandled_op(node, "elementwise op with a non-tensor output")
+    return merge_elementwise(b, node, b.tensor_args(node), shape)
+
+
+def _spatial_passthrough(b: Builder, node: fx.Node, x: fx.Node, spatial: int) -> Labels:
+    """Ops acting on the trailing ``spatial`` dims (pooling, interpolation)."""
+    xl = b.labels(x)
+    shape = out_shape(node)
+    if xl is None or shape is None:
+        return b.unhandled_op(node, "spatial op on a non-tensor")
+    lead = len(shape) - spatial
+    for arr in xl[lead:]:
+        b.freeze(arr, f"spatial op '{node.name}' acts on a channel dimension")
+    return list(xl[:lead]) + [None] * spatial

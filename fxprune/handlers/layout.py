@@ -1,0 +1,456 @@
+"""Layout ops: permute/transpose, view/reshape/flatten, expand, roll, cat/stack, split/chunk, indexing, channel shuffle."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..graph import Builder, Labels, plain_labels
+from ..trace import META_SHAPE
+
+from .common import _norm_dim, arg, elementwise, merge_elementwise, out_shape
+from .registry import (
+    FUNCTION_HANDLERS,
+    ModuleHandler,
+    OpRule,
+    register_function,
+    register_method,
+    register_module,
+)
+
+
+# ------------------------------------------------------------------ layout family
+def _permute_labels(b, node, perm):
+    xl = b.labels(node.args[0])
+    if xl is None:
+        return b.unhandled_op(node, "permute of a non-tensor")
+    return [xl[_norm_dim(p, len(xl))] for p in perm]
+
+
+@register_function(torch.permute)
+@register_method("permute")
+def _permute(b, node):
+    dims = node.args[1:] if node.op == "call_method" else (arg(node, 1, "dims"),)
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = dims[0]
+    if not all(isinstance(d, int) for d in dims):
+        return b.unhandled_op(node, "permute with non-constant dims")
+    return _permute_labels(b, node, dims)
+
+
+@register_function(torch.transpose, torch.swapaxes, torch.swapdims)
+@register_method("transpose", "swapaxes", "swapdims")
+def _transpose(b, node):
+    xl = b.labels(node.args[0])
+    d0, d1 = arg(node, 1, "dim0"), arg(node, 2, "dim1")
+    if xl is None or not isinstance(d0, int) or not isinstance(d1, int):
+        return b.unhandled_op(node, "transpose with non-constant dims")
+    perm = list(range(len(xl)))
+    a, c = _norm_dim(d0, len(xl)), _norm_dim(d1, len(xl))
+    perm[a], perm[c] = perm[c], perm[a]
+    return _permute_labels(b, node, perm)
+
+
+@register_function(torch.t)
+@register_method("t")
+def _t(b, node):
+    xl = b.labels(node.args[0])
+    return list(reversed(xl)) if xl is not None else b.unhandled_op(node, "t of a non-tensor")
+
+
+def _reshape_groups(a: tuple, c: tuple) -> list[tuple[list[int], list[int]]]:
+    """Pair up runs of input dims and output dims with equal products."""
+    i = j = 0
+    groups = []
+    while i < len(a) or j < len(c):
+        gi, gj, pa, pc = [], [], 1, 1
+        if i < len(a):
+            gi.append(i)
+            pa *= a[i]
+            i += 1
+        if j < len(c):
+            gj.append(j)
+            pc *= c[j]
+            j += 1
+        while pa != pc:
+            if pa < pc and i < len(a):
+                gi.append(i)
+                pa *= a[i]
+                i += 1
+            elif j < len(c):
+                gj.append(j)
+                pc *= c[j]
+                j += 1
+            else:
+                return []
+        groups.append((gi, gj))
+    return groups
+
+
+def reshape_labels(b: Builder, node: fx.Node, in_shape: tuple, xl: Labels, shape: tuple) -> Labels:
+    """Labels through a view/reshape/flatten: channels may merge with spatial dims
+    (flatten into a Linear) or split (channel shuffle, heads). A split whose pieces all
+    vary keeps the channel identity on its largest axis and cuts the other axes together,
+    so the slim tensor stays rectangular."""
+    groups = _reshape_groups(in_shape, shape)
+    out: Labels = [None] * len(shape)
+    if not groups:
+        b.freeze_labels(xl, f"reshape at '{node.name}' could not be matched")
+        return out
+    for gi, gj in groups:
+        labeled = [d for d in gi if xl[d] is not None]
+        if not labeled:
+            continue
+        if len(labeled) > 1 or (0 in gi and len(gi) > 1):
+            b.freeze_labels(
+                [xl[d] for d in labeled], f"reshape at '{node.name}' mixes channel dims"
+            )
+            continue
+        if not gj:
+            continue
+        d0 = labeled[0]
+        bshape = [in_shape[d] for d in gi]
+        view = [1] * len(gi)
+        view[gi.index(d0)] = in_shape[d0]
+        joint = np.broadcast_to(xl[d0].reshape(view), bshape).reshape([shape[d] for d in gj])
+        varying = [ax for ax in range(joint.ndim) if not _constant_along(joint, ax)]
+        if len(varying) == 0:
+            axis = int(np.argmax([shape[d] for d in gj]))
+        elif len(varying) == 1:
+            axis = varying[0]
+        else:
+            axis = max(varying, key=lambda ax: (joint.shape[ax], -ax))
+            rows = np.moveaxis(joint, axis, -1).reshape(-1, joint.shape[axis])
+            b.union(np.broadcast_to(rows[:1], rows.shape).ravel(), rows.ravel())
+        first = np.moveaxis(joint, axis, 0).reshape(joint.shape[axis], -1)[:, 0]
+        out[gj[axis]] = np.ascontiguousarray(first)
+    return out
+
+
+def _constant_along(arr: np.ndarray, axis: int) -> bool:
+    if arr.shape[axis] <= 1:
+        return True
+    first = np.take(arr, [0], axis=axis)
+    return bool((arr == first).all())
+
+
+def _reshape(b, node):
+    x = node.args[0]
+    xl, in_shape, shape = b.labels(x), b.shape(x), out_shape(node)
+    if xl is None or in_shape is None or shape is None:
+        return b.unhandled_op(node, "reshape of a non-tensor")
+    return reshape_labels(b, node, in_shape, xl, shape)
+
+
+def _rewrite_shape_args(node: fx.Node, ctx) -> None:
+    """Constant sizes on pruned dims of a view/reshape/expand become the kept counts."""
+    shape = out_shape(node)
+    labels = ctx.labels(node)
+    if shape is None or labels is None:
+        return
+    if node.op == "call_method":
+        sizes = list(node.args[1:])
+        packed = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
+        if packed:
+            sizes = list(sizes[0])
+    else:
+        sizes = list(arg(node, 1, "shape"))
+        packed = True
+    if len(sizes) != len(shape):
+        return
+    changed = False
+    for d, s in enumerate(sizes):
+        if labels[d] is not None and isinstance(s, int) and s != -1:
+            new = ctx.kept_count(labels[d])
+            if new != s:
+                sizes[d] = new
+                changed = True
+    if not changed:
+        return
+    if node.op == "call_method":
+        node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
+    elif len(node.args) > 1:
+        node.args = (node.args[0], tuple(sizes), *node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "shape": tuple(sizes)}
+
+
+register_function(torch.reshape, rewrite=_rewrite_shape_args)(_reshape)
+register_function(torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze, torch.ravel)(
+    _reshape
+)
+register_method("view", "reshape", rewrite=_rewrite_shape_args)(_reshape)
+register_method("flatten", "unflatten", "squeeze", "unsqueeze", "ravel", "view_as", "reshape_as")(
+    _reshape
+)
+
+
+@register_module(nn.Flatten)
+class Flatten(ModuleHandler):
+    def propagate(self, b, node, m, name):
+        return _reshape(b, node)
+
+
+@register_method("expand", rewrite=_rewrite_shape_args)
+def _expand(b, node):
+    xl, shape = b.labels(node.args[0]), out_shape(node)
+    if xl is None or shape is None:
+        return b.unhandled_op(node, "expand of a non-tensor")
+    lead = len(shape) - len(xl)
+    return [None] * lead + [
+        None if (xl[k] is None or len(xl[k]) != shape[lead + k]) else xl[k] for k in range(len(xl))
+    ]
+
+
+register_method("expand_as")(elementwise)
+
+
+@register_function(torch.roll)
+@register_method("roll")
+def _roll(b, node):
+    xl = b.labels(node.args[0])
+    if xl is None:
+        return b.unhandled_op(node, "roll of a non-tensor")
+    dims = arg(node, 2, "dims")
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(dims, (tuple, list)):
+        b.freeze_labels(xl, f"roll without dims at '{node.name}'")
+        return [None] * len(xl)
+    out = list(xl)
+    for d in dims:
+        d = _norm_dim(d, len(xl))
+        b.freeze(out[d], f"roll along a channel dim at '{node.name}'")
+    return out
+
+
+# ------------------------------------------------------------------ concat / split
+@register_function(torch.cat, torch.concat, torch.concatenate)
+def _cat(b, node):
+    tensors = arg(node, 0, "tensors")
+    dim = arg(node, 1, "dim", 0)
+    shape = out_shape(node)
+    if not isinstance(tensors, (tuple, list)) or shape is None or not isinstance(dim, int):
+        return b.unhandled_op(node, "cat with unknown operands")
+    labels = [b.labels(t) for t in tensors]
+    if any(lab is None for lab in labels):
+        return b.unhandled_op(node, "cat of non-tensors")
+    dim = _norm_dim(dim, len(shape))
+    out: Labels = [None] * len(shape)
+    for d in range(len(shape)):
+        if d == dim:
+            parts = [lab[d] for lab in labels]
+            if all(p is not None for p in parts):
+                out[d] = np.concatenate(parts)
+            else:
+                for p in parts:
+                    b.freeze(p, f"cat at '{node.name}' joins channels with a plain tensor")
+        else:
+            arrays = [lab[d] for lab in labels if lab[d] is not None]
+            for a in arrays[1:]:
+                b.union(arrays[0], a)
+            if arrays and len(arrays) < len(labels):
+                b.freeze(arrays[0], f"cat at '{node.name}' meets a non-channel dimension")
+            out[d] = arrays[0] if arrays else None
+    return out
+
+
+@register_function(torch.stack)
+def _stack(b, node):
+    tensors = arg(node, 0, "tensors")
+    dim = arg(node, 1, "dim", 0)
+    shape = out_shape(node)
+    if not isinstance(tensors, (tuple, list)) or shape is None or not isinstance(dim, int):
+        return b.unhandled_op(node, "stack with unknown operands")
+    dim = _norm_dim(dim, len(shape))
+    merged = merge_elementwise(
+        b, node, list(tensors), tuple(s for i, s in enumerate(shape) if i != dim)
+    )
+    return merged[:dim] + [None] + merged[dim:]
+
+
+def _split_sizes(node: fx.Node, in_shape: tuple) -> tuple[list[int], int] | None:
+    """Sizes of the pieces of a split/chunk/unbind node along its dim."""
+    shapes = node.meta.get(META_SHAPE)
+    if not isinstance(shapes, (tuple, list)) or not shapes:
+        return None
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    dim = arg(node, 2, "dim", 0)
+    if not isinstance(dim, int):
+        return None
+    dim = _norm_dim(dim, len(in_shape))
+    if name == "unbind":
+        return None
+    return [s[dim] for s in shapes], dim
+
+
+def _split(b, node):
+    x = node.args[0]
+    xl, in_shape = b.labels(x), b.shape(x)
+    got = _split_sizes(node, in_shape) if in_shape else None
+    if xl is None or got is None:
+        return b.unhandled_op(node, "split with unknown sizes")
+    sizes, dim = got
+    outs, start = [], 0
+    for size in sizes:
+        lab = list(xl)
+        if xl[dim] is not None:
+            lab[dim] = xl[dim][start : start + size]
+        outs.append(lab)
+        start += size
+    return tuple(outs)
+
+
+def _rewrite_split(node: fx.Node, ctx) -> None:
+    """Pieces of a pruned split/chunk become an explicit list of kept sizes."""
+    x = node.args[0]
+    xl = ctx.labels(x)
+    in_shape = x.meta.get(META_SHAPE)
+    got = _split_sizes(node, in_shape)
+    if got is None or xl is None:
+        return
+    sizes, dim = got
+    if xl[dim] is None:
+        return
+    new_sizes, start = [], 0
+    for size in sizes:
+        new_sizes.append(ctx.kept_count(xl[dim][start : start + size]))
+        start += size
+    if new_sizes == sizes and node.target in ("split", torch.split):
+        return
+    if node.op == "call_method":
+        node.target = "split"
+    else:
+        node.target = torch.split
+    node.args = (x, new_sizes)
+    node.kwargs = {"dim": dim}
+
+
+register_function(torch.split, torch.chunk, rewrite=_rewrite_split)(_split)
+register_method("split", "chunk", rewrite=_rewrite_split)(_split)
+
+
+@register_function(operator.getitem, rewrite=None)
+def _getitem(b, node):
+    src, index = node.args
+    src_labels = b.labels(src)
+    if src_labels is None:
+        return None if node.meta.get(META_SHAPE) is None else b.unhandled_op(node, "getitem")
+    if isinstance(src.meta.get(META_SHAPE), (tuple, list)) and not b.shape(src):
+        # indexing a tuple of tensors (split output)
+        return src_labels[index] if isinstance(index, int) else b.unhandled_op(node, "tuple slice")
+    return _tensor_index(b, node, src_labels, index)
+
+
+def _index_parts(index) -> list:
+    return list(index) if isinstance(index, tuple) else [index]
+
+
+def _tensor_index(b, node, xl, index):
+    parts = _index_parts(index)
+    out: Labels = []
+    d = 0
+    n_consumed = sum(1 for p in parts if p is not None and p is not Ellipsis)
+    for p in parts:
+        if p is Ellipsis:
+            skip = len(xl) - n_consumed
+            out.extend(xl[d : d + skip])
+            d += skip
+        elif p is None:
+            out.append(None)
+        elif isinstance(p, slice):
+            if xl[d] is not None:
+                if not all(v is None or isinstance(v, int) for v in (p.start, p.stop, p.step)) or (
+                    p.step not in (None, 1)
+                ):
+                    b.freeze(xl[d], f"strided or dynamic slice of channels at '{node.name}'")
+                    out.append(None)
+                else:
+                    out.append(xl[d][p])
+            else:
+                out.append(None)
+            d += 1
+        elif isinstance(p, int):
+            b.freeze(xl[d], f"integer index into channels at '{node.name}'")
+            d += 1
+        else:  # tensors, lists: advanced indexing
+            b.freeze_labels(xl, f"advanced indexing at '{node.name}'")
+            return plain_labels(node.meta.get(META_SHAPE))
+    out.extend(xl[d:])
+    shape = out_shape(node)
+    if shape is None or len(out) != len(shape):
+        b.freeze_labels(xl, f"indexing at '{node.name}' not understood")
+        return plain_labels(node.meta.get(META_SHAPE))
+    return out
+
+
+def _rewrite_getitem(node: fx.Node, ctx) -> None:
+    src, index = node.args
+    xl = ctx.labels(src)
+    if not isinstance(xl, list) or not b_is_tensor(src):
+        return
+    parts = _index_parts(index)
+    n_consumed = sum(1 for p in parts if p is not None and p is not Ellipsis)
+    d, new_parts, changed = 0, [], False
+    for p in parts:
+        if p is Ellipsis:
+            d += len(xl) - n_consumed
+        elif isinstance(p, slice):
+            static = all(v is None or isinstance(v, int) for v in (p.start, p.stop))
+            if xl[d] is not None and static and (p.start is not None or p.stop is not None):
+                arr = xl[d]
+                start = ctx.kept_count(arr[: p.start]) if p.start is not None else None
+                stop = ctx.kept_count(arr[: p.stop]) if p.stop is not None else None
+                if p.start is not None and p.start < 0:
+                    start = -ctx.kept_count(arr[p.start :])
+                if p.stop is not None and p.stop < 0:
+                    stop = -ctx.kept_count(arr[p.stop :])
+                if (start, stop) != (p.start, p.stop):
+                    p = slice(start, stop, p.step)
+                    changed = True
+            d += 1
+        elif p is not None:
+            d += 1
+        new_parts.append(p)
+    if changed:
+        node.args = (src, tuple(new_parts) if isinstance(index, tuple) else new_parts[0])
+
+
+def b_is_tensor(n: fx.Node) -> bool:
+    s = n.meta.get(META_SHAPE)
+    return isinstance(s, tuple) and all(isinstance(x, int) for x in s)
+
+
+FUNCTION_HANDLERS[operator.getitem] = OpRule(_getitem, _rewrite_getitem)
+
+
+# ------------------------------------------------------------------ shape queries etc.
+def _no_labels(b, node):
+    return None
+
+
+register_method("size", "dim", "numel", "type_as_str", "data_ptr", "get_device")(_no_labels)
+register_function(getattr, len, torch.numel)(_no_labels)
+
+
+@register_module("torchvision.ops.misc.Permute")
+class TVPermute(ModuleHandler):
+    def propagate(self, b, node, m, name):
+        return _permute_labels(b, node, list(m.dims))
+
+
+@register_module(nn.ChannelShuffle)
+class ChannelShuffle(ModuleHandler):
+    """Same as view(N, g, C/g, ...) -> transpose(1, 2) -> view(N, C, ...)."""
+
+    def propagate(self, b, node, m, name):
+        xl = list(b.labels(node.args[0]))
+        if xl[1] is None:
+            return xl
+        rows = xl[1].reshape(m.groups, -1)
+        b.union(np.broadcast_to(rows[:1], rows.shape).ravel(), rows.ravel())
+        xl[1] = np.repeat(rows[0], m.groups)
+        return xl
