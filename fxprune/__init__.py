@@ -23,6 +23,7 @@ from .graph import ChannelGraph, ChannelGroup, build_channel_graph
 from .plan import PrunePlan
 from .surgery import slim
 from .trace import trace_model
+from .train_prune import TrainPruneOptions, TrainPruneResult, train_prune
 from .verify import verify_equivalence
 
 __version__ = "0.1.0"
@@ -37,6 +38,9 @@ __all__ = [
     "trace_model",
     "build_channel_graph",
     "verify_equivalence",
+    "train_prune",
+    "TrainPruneOptions",
+    "TrainPruneResult",
     "count_flops",
     "count_macs",
     "count_params",

@@ -50,9 +50,13 @@ class DatasetBatches:
     def __iter__(self) -> Iterator:
         import torch
 
-        order = torch.randperm(self.size, generator=self.generator) if self.train else torch.arange(self.size)
+        order = (
+            torch.randperm(self.size, generator=self.generator)
+            if self.train
+            else torch.arange(self.size)
+        )
         for start in range(0, self.size, self.batch_size):
-            index = order[start:start + self.batch_size]
+            index = order[start : start + self.batch_size]
             yield self.dataset.batch(self.split, index, self.generator if self.train else None)
 
 
@@ -69,22 +73,33 @@ def load_data(name: str, data_dir: Path | None, seed: int = 0) -> Any:
 
 def train_prune_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.", show_default=False)],
-    data: Annotated[str, typer.Option("--data", help="digits, cifar10, cifar100 or synthetic.")] = "digits",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory to write.", show_default=False)
+    ],
+    data: Annotated[
+        str, typer.Option("--data", help="digits, cifar10, cifar100 or synthetic.")
+    ] = "digits",
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Folder with the CIFAR python-pickle batches.")
     ] = None,
-    gamma: Annotated[float, typer.Option("--gamma", help="Pruning strength (>= 0).")] = 2.0,
+    gamma: Annotated[float, typer.Option("--gamma", help="Pruning strength (>= 0).")] = 0.5,
     beta: Annotated[
-        float, typer.Option("--beta", help="Layer vs unit pruning in [0, 1]: 0 units only, 1 layers only.")
+        float,
+        typer.Option(
+            "--beta", help="Layer vs unit pruning in [0, 1]: 0 units only, 1 layers only."
+        ),
     ] = 0.5,
     alpha: Annotated[
         float, typer.Option("--alpha", help="MACs vs params in the cost, in [0, 1]: 1 MACs only.")
     ] = 0.5,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 30,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Peak SGD learning rate (cosine schedule).")] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for data order, augmentation and gates.")] = 0,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Peak SGD learning rate (cosine schedule).")
+    ] = 0.1,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for data order, augmentation and gates.")
+    ] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Train MODEL from scratch while learning which channels and residual sections to
@@ -103,8 +118,9 @@ def train_prune_command(
     if out.exists() and not force:
         raise ConfigError(f"--out {out} already exists; pass --force to replace it")
     dataset = load_data(data, data_dir, seed)
-    network, example_inputs = load_model(model, input_shape=dataset.input_shape,
-                                         num_classes=dataset.num_classes)
+    network, example_inputs = load_model(
+        model, input_shape=dataset.input_shape, num_classes=dataset.num_classes
+    )
     train = DatasetBatches(dataset, "train", batch_size, train=True, seed=seed)
     val = DatasetBatches(dataset, "val", max(256, batch_size), train=False)
 
@@ -115,9 +131,19 @@ def train_prune_command(
         def on_epoch(record) -> None:
             progress.update(task, completed=record.epoch, stats=_stats_line(record))
 
-        result = train_prune(network, example_inputs, train, val, gamma=gamma, beta=beta,
-                             alpha=alpha, epochs=epochs, lr=lr,
-                             options=TrainPruneOptions(seed=seed), on_epoch=on_epoch)
+        result = train_prune(
+            network,
+            example_inputs,
+            train,
+            val,
+            gamma=gamma,
+            beta=beta,
+            alpha=alpha,
+            epochs=epochs,
+            lr=lr,
+            options=TrainPruneOptions(seed=seed),
+            on_epoch=on_epoch,
+        )
     write_result(result, out, example_inputs, force=force)
     console.print(result)
     console.print(f"wrote {out}/ (slim model, {PLAN_FILE}, {HISTORY_FILE}, {PLOT_FILE})")
@@ -127,14 +153,20 @@ def _progress(console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[stats]}"), console=console,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=console,
     )
 
 
 def _stats_line(record) -> str:
-    return (f"acc {record.val_accuracy:.2%}  MACs {record.macs / 1e6:.2f}M  "
-            f"params {record.params / 1e3:.1f}k  units {record.units}  layers {record.sections}")
+    return (
+        f"acc {record.val_accuracy:.2%}  MACs {record.macs / 1e6:.2f}M  "
+        f"params {record.params / 1e3:.1f}k  units {record.units}  layers {record.sections}"
+    )
 
 
 def write_result(result: Any, out: Path, example_inputs: Any, *, force: bool = False) -> None:
@@ -145,10 +177,16 @@ def write_result(result: Any, out: Path, example_inputs: Any, *, force: bool = F
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_slim(result.model, tmp, example_inputs, extra={
-            "method": "train_prune", "removed_sections": result.removed_sections,
-            "val_accuracy": result.val_accuracy,
-        })
+        save_slim(
+            result.model,
+            tmp,
+            example_inputs,
+            extra={
+                "method": "train_prune",
+                "removed_sections": result.removed_sections,
+                "val_accuracy": result.val_accuracy,
+            },
+        )
         result.plan.save(tmp / PLAN_FILE)
         (tmp / HISTORY_FILE).write_text(json.dumps(result.history.to_dict(), indent=1))
         result.history.plot(tmp / PLOT_FILE)

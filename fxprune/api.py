@@ -168,7 +168,22 @@ def apply_plan(model: nn.Module, plan: PrunePlan | dict | str | os.PathLike, exa
         plan = PrunePlan.from_dict(plan)
     elif not isinstance(plan, PrunePlan):
         plan = PrunePlan.load(plan)
-    graph = analyze(model, example_inputs, leaf_modules)
+    removed = plan.settings.get("removed_sections") or []
+    if removed:  # a train-prune plan: drop the removed residual sections first
+        from .gates import find_sections, remove_sections
+        from .trace import propagate_shapes
+
+        gm = trace_model(model, example_inputs, leaf_modules)
+        wanted = {entry["add"] for entry in removed}
+        sections = [s for s in find_sections(gm) if s.key in wanted]
+        if len(sections) != len(wanted):
+            missing = wanted - {s.key for s in sections}
+            raise PlanError(f"plan removes residual sections this model does not have: {sorted(missing)}")
+        remove_sections(gm, sections)
+        propagate_shapes(gm, _as_tuple(example_inputs))
+        graph = build_channel_graph(gm)
+    else:
+        graph = analyze(model, example_inputs, leaf_modules)
     keep = keep_from_plan(graph, plan)
     return slim(graph, keep)
 

@@ -217,6 +217,9 @@ def _register_external() -> None:
 
     app.command("export")(friendly(export_command))
     app.command("profile")(friendly(profile_command))
+    from ._cli_train_prune import train_prune_command
+
+    app.command("train-prune")(friendly(train_prune_command))
     from hpo.cli import hpo_app
 
     app.add_typer(hpo_app, name="hpo")

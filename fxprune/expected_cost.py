@@ -107,8 +107,15 @@ class CostBuilder:
         return self.set_ids.setdefault(sections, len(self.set_ids))
 
     # -- polynomial rows ----------------------------------------------------------------
-    def pair(self, a: np.ndarray, b: np.ndarray, groups: int, macs: float, params: float,
-             sections: frozenset[int]) -> None:
+    def pair(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        groups: int,
+        macs: float,
+        params: float,
+        sections: frozenset[int],
+    ) -> None:
         """``sum_g (sum_{o in g} theta_o)(sum_{i in g} theta_i)``, weighted."""
         if macs == 0 and params == 0:
             return
@@ -131,19 +138,27 @@ class CostBuilder:
         self.single(np.full(1, self.num_units), macs, params, sections)
 
     # -- expected squared weights -------------------------------------------------------
-    def decay_pair(self, param: torch.Tensor | None, rows: np.ndarray, cols: np.ndarray,
-                   groups: int, sections: frozenset[int]) -> None:
+    def decay_pair(
+        self,
+        param: torch.Tensor | None,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        groups: int,
+        sections: frozenset[int],
+    ) -> None:
         """A weight laid out ``(groups * r, c, ...)``: row and column channels per group."""
         if not self._fresh(param):
             return
         r = torch.as_tensor(rows.reshape(groups, -1), dtype=torch.long)
         c = torch.as_tensor(cols.reshape(groups, -1), dtype=torch.long)
         same = (r[:, :, None] == c[:, None, :]) & (r[:, :, None] < self.num_units)
-        self.l2.append(_L2Entry(param, groups, r, c, same if bool(same.any()) else None,
-                                self.set_of(sections)))
+        self.l2.append(
+            _L2Entry(param, groups, r, c, same if bool(same.any()) else None, self.set_of(sections))
+        )
 
-    def decay_single(self, param: torch.Tensor | None, rows: np.ndarray,
-                     sections: frozenset[int]) -> None:
+    def decay_single(
+        self, param: torch.Tensor | None, rows: np.ndarray, sections: frozenset[int]
+    ) -> None:
         if not self._fresh(param):
             return
         r = torch.as_tensor(rows.reshape(1, -1), dtype=torch.long)
@@ -159,8 +174,14 @@ class CostBuilder:
         self.seen_params.add(id(param))
         return True
 
-    def finish(self, num_sections: int) -> "ExpectedCost":
+    def finish(self, num_sections: int) -> ExpectedCost:
         return ExpectedCost(self, num_sections)
+
+
+def _long(parts: list[np.ndarray]) -> torch.Tensor:
+    return torch.as_tensor(
+        np.concatenate(parts) if parts else np.zeros(0, np.int64), dtype=torch.long
+    )
 
 
 class ExpectedCost:
@@ -169,10 +190,8 @@ class ExpectedCost:
     def __init__(self, b: CostBuilder, num_sections: int):
         self.num_units = b.num_units
         self.num_sections = num_sections
-        cat = lambda xs: torch.as_tensor(np.concatenate(xs) if xs else np.zeros(0, np.int64),  # noqa: E731
-                                         dtype=torch.long)
-        self.a_rows, self.a_idx = cat(b.a_rows), cat(b.a_idx)
-        self.b_rows, self.b_idx = cat(b.b_rows), cat(b.b_idx)
+        self.a_rows, self.a_idx = _long(b.a_rows), _long(b.a_idx)
+        self.b_rows, self.b_idx = _long(b.b_rows), _long(b.b_idx)
         self.num_rows = len(b.row_set)
         self.row_set = torch.as_tensor(b.row_set, dtype=torch.long)
         self.w = torch.tensor([b.w_macs, b.w_params], dtype=torch.float64).T.reshape(-1, 2)
@@ -189,9 +208,31 @@ class ExpectedCost:
             keys.append(np.unique(k[idx.numpy() < self.num_units], return_counts=True))
         (ua, ca), (ub, cb) = keys
         common, ia, ib = np.intersect1d(ua, ub, assume_unique=True, return_indices=True)
-        return (torch.as_tensor(common // span, dtype=torch.long),
-                torch.as_tensor(common % span, dtype=torch.long),
-                torch.as_tensor(ca[ia] * cb[ib], dtype=torch.float64))
+        return (
+            torch.as_tensor(common // span, dtype=torch.long),
+            torch.as_tensor(common % span, dtype=torch.long),
+            torch.as_tensor(ca[ia] * cb[ib], dtype=torch.float64),
+        )
+
+    def to(self, device: torch.device | str) -> ExpectedCost:
+        """Move the index tensors next to the probabilities (in place)."""
+        for name in (
+            "a_rows",
+            "a_idx",
+            "b_rows",
+            "b_idx",
+            "row_set",
+            "w",
+            "k_rows",
+            "k_idx",
+            "k_count",
+        ):
+            setattr(self, name, getattr(self, name).to(device))
+        for e in self.l2_entries:
+            e.rows = e.rows.to(device)
+            e.cols = e.cols.to(device) if e.cols is not None else None
+            e.same = e.same.to(device) if e.same is not None else None
+        return self
 
     # -- evaluation ---------------------------------------------------------------------
     def _extended(self, theta: torch.Tensor) -> torch.Tensor:
@@ -203,7 +244,9 @@ class ExpectedCost:
         ones = z.new_ones(z.shape[:-1])
         return torch.stack([z[..., s].prod(-1) if s else ones for s in self.sets], -1)
 
-    def __call__(self, theta: torch.Tensor, zeta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, theta: torch.Tensor, zeta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batched = theta.dim() == 2
         theta = theta if batched else theta[None]
         zeta = zeta if batched else zeta[None]
@@ -251,8 +294,9 @@ def _per_example(node: fx.Node, batch: int, channels: int) -> float:
     return math.prod(shape) / (batch * channels) if isinstance(shape, tuple) and channels else 0.0
 
 
-@register_cost(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-               nn.ConvTranspose3d)
+@register_cost(
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d
+)
 def _conv_cost(cb: CostBuilder, node: fx.Node, m: nn.Module, name: str, first: bool) -> None:
     sections = cb.node_sets.get(node.name, frozenset())
     out_u, in_u = cb.units(f"{name}.out_channels"), cb.units(f"{name}.in_channels")
@@ -296,8 +340,13 @@ def _linear_cost(cb: CostBuilder, node: fx.Node, m: nn.Linear, name: str, first:
         _linear_in(cb, m.bias, out_u, sections)
 
 
-def _linear_in(cb: CostBuilder, param: torch.Tensor, units: np.ndarray | None,
-               sections: frozenset[int], per_index: float = 1.0) -> None:
+def _linear_in(
+    cb: CostBuilder,
+    param: torch.Tensor,
+    units: np.ndarray | None,
+    sections: frozenset[int],
+    per_index: float = 1.0,
+) -> None:
     """A parameter whose dim 0 follows ``units`` (bias, norm affine)."""
     if units is None or len(units) != param.shape[0]:
         cb.const(0, param.numel(), sections)
@@ -320,15 +369,24 @@ def _per_channel_rule(attr: str):
     return rule
 
 
-register_cost(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)(_per_channel_rule("num_features"))
+register_cost(
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)(_per_channel_rule("num_features"))
 register_cost(nn.GroupNorm)(_per_channel_rule("num_channels"))
 register_cost(nn.LayerNorm)(_per_channel_rule("normalized_shape"))
 register_cost(nn.PReLU)(_per_channel_rule("num_parameters"))
 
 
 @register_cost(nn.Embedding)
-def _embedding_cost(cb: CostBuilder, node: fx.Node, m: nn.Embedding, name: str, first: bool) -> None:
+def _embedding_cost(
+    cb: CostBuilder, node: fx.Node, m: nn.Embedding, name: str, first: bool
+) -> None:
     if not first:
         return
     sections = cb.node_sets.get(node.name, frozenset())
@@ -341,7 +399,9 @@ def _embedding_cost(cb: CostBuilder, node: fx.Node, m: nn.Embedding, name: str, 
         cb.decay_const(m.weight, sections)
 
 
-def _default_module_cost(cb: CostBuilder, node: fx.Node, m: nn.Module, name: str, first: bool) -> None:
+def _default_module_cost(
+    cb: CostBuilder, node: fx.Node, m: nn.Module, name: str, first: bool
+) -> None:
     if not first:
         return
     sections = cb.node_sets.get(node.name, frozenset())
@@ -372,13 +432,18 @@ def _functional_macs(node: fx.Node, batch: int) -> float:
     if node.op == "call_function" and node.target is F.linear and shape(1):
         return numel * shape(1)[1] / batch
     if (node.op == "call_function" and node.target in _MATMUL_FUNCTIONS) or (
-            node.op == "call_method" and node.target in ("matmul", "bmm", "mm")):
+        node.op == "call_method" and node.target in ("matmul", "bmm", "mm")
+    ):
         return numel * shape(0)[-1] / batch if shape(0) else 0.0
     return 0.0
 
 
-def build_expected_cost(graph: ChannelGraph, unit_of_class: np.ndarray, num_units: int,
-                        sections_nodes: list[frozenset[str]]) -> ExpectedCost:
+def build_expected_cost(
+    graph: ChannelGraph,
+    unit_of_class: np.ndarray,
+    num_units: int,
+    sections_nodes: list[frozenset[str]],
+) -> ExpectedCost:
     """The polynomials for ``graph.gm`` with the given unit map and gated sections
     (``sections_nodes[s]``: names of the nodes that die with section ``s``)."""
     gm = graph.gm
@@ -397,8 +462,10 @@ def build_expected_cost(graph: ChannelGraph, unit_of_class: np.ndarray, num_unit
     for n in gm.graph.nodes:
         if n.op == "call_module":
             calls.setdefault(n.target, []).append(n)
-    module_sets = {t: frozenset.intersection(*[frozen_sets.get(n.name, frozenset()) for n in ns])
-                   for t, ns in calls.items()}
+    module_sets = {
+        t: frozenset.intersection(*[frozen_sets.get(n.name, frozenset()) for n in ns])
+        for t, ns in calls.items()
+    }
     seen_modules: set[str] = set()
     for n in gm.graph.nodes:
         if n.op == "call_module":
@@ -436,10 +503,10 @@ def _get_attr_cost(cb: CostBuilder, node: fx.Node) -> None:
     if not dims:
         cb.const(0, numel, sections)
     elif len(dims) == 1:
-        d, u = dims[0]
+        u = dims[0][1]
         cb.single(u, 0, numel / len(u), sections)
     else:  # first two labelled dims exactly, any further ones counted as full
-        (d0, u0), (d1, u1) = dims[:2]
+        u0, u1 = dims[0][1], dims[1][1]
         cb.pair(u0, u1, 1, 0, numel / (len(u0) * len(u1)), sections)
     if len(dims) == 1 and dims[0][0] == 0:
         cb.decay_single(obj, dims[0][1], sections)

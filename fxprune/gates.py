@@ -82,7 +82,11 @@ def _add_operands(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
     if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or a is b:
         return None
     shape = node.meta.get(META_SHAPE)
-    if not isinstance(shape, tuple) or a.meta.get(META_SHAPE) != shape or b.meta.get(META_SHAPE) != shape:
+    if (
+        not isinstance(shape, tuple)
+        or a.meta.get(META_SHAPE) != shape
+        or b.meta.get(META_SHAPE) != shape
+    ):
         return None
     return a, b
 
@@ -118,8 +122,9 @@ def _is_ancestor(x: fx.Node, node: fx.Node, position: dict[fx.Node, int]) -> boo
     return False
 
 
-def _dead_with_branch(add: fx.Node, branch: fx.Node, order: list[fx.Node],
-                      position: dict[fx.Node, int]) -> set[fx.Node]:
+def _dead_with_branch(
+    add: fx.Node, branch: fx.Node, order: list[fx.Node], position: dict[fx.Node, int]
+) -> set[fx.Node]:
     """Nodes whose every use ends in the branch operand of ``add``."""
     dead: set[fx.Node] = set()
     for n in reversed(order[: position[add]]):
@@ -163,8 +168,16 @@ def find_sections(gm: fx.GraphModule) -> list[Section]:
             if not targets:
                 continue
             name = _common_prefix(targets) or node.name
-            sections.append(Section(node.name, name, branch.name, skip.name,
-                                    frozenset(n.name for n in dead), tuple(targets)))
+            sections.append(
+                Section(
+                    node.name,
+                    name,
+                    branch.name,
+                    skip.name,
+                    frozenset(n.name for n in dead),
+                    tuple(targets),
+                )
+            )
             break
     _disambiguate(sections)
     return sections
@@ -216,7 +229,11 @@ def unit_gate_points(graph: ChannelGraph, unit_of_class: np.ndarray) -> list[Gat
         if n.op in ("placeholder", "output", "get_attr") or n.meta.get(META_SHAPE) is None:
             continue
         out_arrays = list(iter_arrays(n.meta.get(META_LABELS)))
-        carried = np.unique(graph.atom_class[np.concatenate(out_arrays)]) if out_arrays else np.zeros(0, int)
+        carried = (
+            np.unique(graph.atom_class[np.concatenate(out_arrays)])
+            if out_arrays
+            else np.zeros(0, int)
+        )
         for a in dict.fromkeys(n.all_input_nodes):
             labels = a.meta.get(META_LABELS)
             if a.op == "get_attr" or not isinstance(labels, list):
@@ -237,8 +254,10 @@ def unit_gate_points(graph: ChannelGraph, unit_of_class: np.ndarray) -> list[Gat
             if key not in found:
                 found[key] = (a.name, tuple(dims), tuple(units), [])
             found[key][3].append(n.name)
-    return [GatePoint(name, dims, units, tuple(consumers))
-            for name, dims, units, consumers in found.values()]
+    return [
+        GatePoint(name, dims, units, tuple(consumers))
+        for name, dims, units, consumers in found.values()
+    ]
 
 
 # ------------------------------------------------------------------------------ gates
@@ -251,8 +270,14 @@ class GateBank(nn.Module):
     eval mode the gates are ``theta`` rounded. ``fixed`` overrides both (tests, oracles).
     """
 
-    def __init__(self, theta: torch.Tensor, zeta: torch.Tensor, points: list[GatePoint],
-                 shapes: list[tuple[int, ...]], section_slots: list[int]):
+    def __init__(
+        self,
+        theta: torch.Tensor,
+        zeta: torch.Tensor,
+        points: list[GatePoint],
+        shapes: list[tuple[int, ...]],
+        section_slots: list[int],
+    ):
         super().__init__()
         self.theta = nn.Parameter(theta.detach().clone().float())
         self.zeta = nn.Parameter(zeta.detach().clone().float())
@@ -263,7 +288,9 @@ class GateBank(nn.Module):
             for j, (d, units) in enumerate(zip(point.dims, point.units)):
                 name = f"units_{k}_{j}"
                 # -1 (always on) indexes the trailing constant 1 of the extended gate vector
-                self.register_buffer(name, torch.as_tensor(units, dtype=torch.long), persistent=False)
+                self.register_buffer(
+                    name, torch.as_tensor(units, dtype=torch.long), persistent=False
+                )
                 view = [1] * len(shape)
                 view[d] = len(units)
                 views.append((name, tuple(view)))
@@ -298,8 +325,13 @@ class GateBank(nn.Module):
 GATES_TARGET = "fxprune_gates"
 
 
-def build_gated_module(graph: ChannelGraph, unit_of_class: np.ndarray, theta: torch.Tensor,
-                       sections: list[Section], zeta: torch.Tensor) -> tuple[fx.GraphModule, GateBank]:
+def build_gated_module(
+    graph: ChannelGraph,
+    unit_of_class: np.ndarray,
+    theta: torch.Tensor,
+    sections: list[Section],
+    zeta: torch.Tensor,
+) -> tuple[fx.GraphModule, GateBank]:
     """A GraphModule computing ``graph.gm`` with unit and section gates inserted. It shares
     every module and parameter with ``graph.gm`` (training it trains the plain model)."""
     src = graph.gm
@@ -311,8 +343,12 @@ def build_gated_module(graph: ChannelGraph, unit_of_class: np.ndarray, theta: to
     by_name = {n.name: n for n in new_graph.nodes}
     placeholders = [n for n in new_graph.nodes if n.op == "placeholder"]
     shapes = [by_name[p.node].meta[META_SHAPE] for p in points]
-    bank = GateBank(theta, zeta, points, shapes, list(range(len(sections))))
-    with new_graph.inserting_after(placeholders[-1]) if placeholders else new_graph.inserting_before():
+    bank = GateBank(theta, zeta, points, shapes, list(range(len(sections)))).to(theta.device)
+    with (
+        new_graph.inserting_after(placeholders[-1])
+        if placeholders
+        else new_graph.inserting_before()
+    ):
         gates_node = new_graph.call_module(GATES_TARGET, ())
     slot = 0
     for point in points:
