@@ -3,17 +3,20 @@
 For each model (``weights=None``, eval mode, input 1x3x224x224, 2 threads), each tool works
 on its own fresh deep copy and every number is the median of ``--repeats`` runs:
 
-* graph:  fxprune ``analyze`` (fx trace + shape propagation + channel graph), as timed inside
-          ``fxprune.prune``; Torch-Pruning ``DependencyGraph().build_dependency``.
+* graph:  fxprune ``analyze`` (deep copy of the model, fx trace, shape propagation, channel
+          graph), as timed inside ``fxprune.prune``; Torch-Pruning
+          ``DependencyGraph().build_dependency`` (in place, no copy).
 * total:  fxprune analyze + score + slim (``sum(result.seconds.values())``; the MAC counts
           ``prune`` also reports are left out); Torch-Pruning ``MagnitudePruner`` (L1
           importance, ratio 0.5, final classifier ignored) construction + ``step()``.
 
 The two tools do not prune the same channels (fxprune ranks globally with
 ``min_ratio=0.15``; the Torch-Pruning pruner cuts 50% of every layer by default), so the
-table compares the cost of the pipelines, not the pruned models. "ok" means the pruned
-model ran on the input and gave the dense output shape. Torch-Pruning failures are
-caught and shown as ``failed: <message>``.
+table compares the cost of the pipelines, not the pruned models. Each tool gets one untimed
+warm-up run per model (oneDNN builds kernels for new conv shapes on first use), and the
+runs of the two tools alternate so that changing load on a shared machine hits both
+alike. "ok" means the pruned model ran on the input and gave the dense output shape.
+Torch-Pruning failures are caught and shown as ``failed: <message>``.
 
     python benchmarks/graph_build.py
     python benchmarks/graph_build.py --models resnet18,vit_b_16 --repeats 1 --json out.json
@@ -52,7 +55,7 @@ class ToolTiming:
 
     graph_s: float | None = None
     total_s: float | None = None
-    output_ok: bool | None = None
+    output: str | None = None  # "ok", "wrong shape ..." or "crashed: ..."
     error: str | None = None
 
 
@@ -78,20 +81,23 @@ def final_classifier(model: nn.Module) -> nn.Module:
     return linears[-1]
 
 
-def output_matches(model: nn.Module, x: torch.Tensor, dense_shape: torch.Size) -> bool:
-    try:
-        with torch.no_grad():
-            return tuple(model.eval()(x).shape) == tuple(dense_shape)
-    except Exception:
-        return False
-
-
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:120] if text else ''}".rstrip(": ")
 
 
+def check_output(model: nn.Module, x: torch.Tensor, dense_shape: torch.Size) -> str:
+    """Return "ok" when the pruned model runs on ``x`` and gives the dense output shape."""
+    try:
+        with torch.no_grad():
+            shape = tuple(model.eval()(x).shape)
+    except Exception as exc:  # noqa: BLE001 - any crash of the pruned model is a result
+        return f"crashed: {first_line(exc)}"
+    return "ok" if shape == tuple(dense_shape) else f"wrong shape {shape}"
+
+
 def run_ours(model: nn.Module, x: torch.Tensor) -> tuple[float, float, nn.Module]:
+    """(analyze seconds, analyze + score + slim seconds, slim model)."""
     result = fxprune.prune(copy.deepcopy(model), x, ratio=0.5, scorer="l1")
     return result.seconds["analyze"], sum(result.seconds.values()), result.model
 
@@ -118,12 +124,35 @@ def run_tp_total(model: nn.Module, x: torch.Tensor) -> tuple[float, nn.Module]:
     return time.perf_counter() - t0, owned
 
 
-def median_of(repeats: int, fn: Callable[[], tuple]) -> tuple:
-    """Call ``fn`` ``repeats`` times; per-position median of the float results, and the
-    last non-float results (the pruned model)."""
-    runs = [fn() for _ in range(repeats)]
-    return tuple(statistics.median(r[i] for r in runs) if isinstance(runs[-1][i], float)
-                 else runs[-1][i] for i in range(len(runs[-1])))
+class Runs:
+    """Timings of one tool on one model; the first run of every tool is a warm-up (oneDNN
+    builds its kernels for new conv shapes on first use) and is left out of the median."""
+
+    def __init__(self) -> None:
+        self.graph_s: list[float] = []
+        self.total_s: list[float] = []
+        self.pruned: nn.Module | None = None
+        self.error: str | None = None
+
+    def record(self, fn: Callable[[], tuple[float | None, float | None, nn.Module | None]]) -> None:
+        if self.error is not None:
+            return
+        try:
+            graph_s, total_s, pruned = fn()
+        except Exception as exc:  # noqa: BLE001 - a benchmark reports failures, never stops
+            self.error = first_line(exc)
+            return
+        if graph_s is not None:
+            self.graph_s.append(graph_s)
+        if total_s is not None:
+            self.total_s.append(total_s)
+        self.pruned = pruned if pruned is not None else self.pruned
+
+    def summary(self, x: torch.Tensor, dense_shape: torch.Size) -> ToolTiming:
+        if self.error is not None:
+            return ToolTiming(error=self.error)
+        return ToolTiming(statistics.median(self.graph_s[1:]), statistics.median(self.total_s[1:]),
+                          check_output(self.pruned, x, dense_shape))
 
 
 def benchmark_model(name: str, repeats: int) -> ModelRow:
@@ -132,22 +161,14 @@ def benchmark_model(name: str, repeats: int) -> ModelRow:
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         dense_shape = model(x).shape
-    row = ModelRow(name, sum(p.numel() for p in model.parameters()))
-
-    try:
-        graph_s, total_s, slim = median_of(repeats, lambda: run_ours(model, x))
-        row.ours = ToolTiming(graph_s, total_s, output_matches(slim, x, dense_shape))
-    except Exception as exc:  # a benchmark reports failures instead of stopping
-        row.ours.error = first_line(exc)
-
-    try:
-        (row.torch_pruning.graph_s,) = median_of(repeats, lambda: (run_tp_graph(model, x),))
-        total_s, pruned = median_of(repeats, lambda: run_tp_total(model, x))
-        row.torch_pruning.total_s = total_s
-        row.torch_pruning.output_ok = output_matches(pruned, x, dense_shape)
-    except Exception as exc:
-        row.torch_pruning.error = first_line(exc)
-    return row
+    ours, theirs = Runs(), Runs()
+    # interleaved, so that a change in machine load hits both tools alike
+    for _ in range(repeats + 1):
+        ours.record(lambda: run_ours(model, x))
+        theirs.record(lambda: (run_tp_graph(model, x), None, None))
+        theirs.record(lambda: (None, *run_tp_total(model, x)))
+    return ModelRow(name, sum(p.numel() for p in model.parameters()),
+                    ours.summary(x, dense_shape), theirs.summary(x, dense_shape))
 
 
 def _seconds(value: float | None) -> str:
@@ -159,9 +180,7 @@ def _ratio(value: float | None) -> str:
 
 
 def _ok(timing: ToolTiming) -> str:
-    if timing.error is not None:
-        return f"failed: {timing.error}"
-    return "ok" if timing.output_ok else "WRONG SHAPE / crash"
+    return f"failed: {timing.error}" if timing.error is not None else str(timing.output)
 
 
 def render(rows: list[ModelRow], repeats: int) -> Table:
