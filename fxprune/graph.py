@@ -32,7 +32,7 @@ Safety rules, in the spirit of "never guess":
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,9 @@ from torch import nn
 from .trace import META_SHAPE
 
 META_LABELS = "fxprune_labels"
+# size values read from tensors (x.size(), x.shape, and arithmetic on them): the set of
+# (tensor node name, dim) they depend on, so a reshape of ANOTHER tensor by them is caught
+META_SIZE_OF = "fxprune_size_of"
 
 Labels = list  # list[np.ndarray | None], one entry per tensor dimension
 
@@ -133,6 +136,7 @@ class Builder:
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm
         self.modules = dict(gm.named_modules())
+        self.by_name = {n.name: n for n in gm.graph.nodes}
         self.next_atom = 0
         self.edges_a: list[np.ndarray] = []
         self.edges_b: list[np.ndarray] = []
@@ -377,7 +381,7 @@ def build_channel_graph(gm: fx.GraphModule) -> ChannelGraph:
             labels = _get_attr_labels(b, node)
         elif node.op == "output":
             b.freeze_labels(
-                [b.labels(a) for a in _flatten_nodes(node.args)], f"reaches the model output"
+                [b.labels(a) for a in _flatten_nodes(node.args)], "reaches the model output"
             )
             labels = None
         else:
@@ -419,6 +423,7 @@ __all__ = [
     "Builder",
     "build_channel_graph",
     "META_LABELS",
+    "META_SIZE_OF",
     "plain_labels",
     "iter_arrays",
 ]

@@ -19,7 +19,6 @@ batch variance, so batch statistics would divide by ~0). A non-finite score rais
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import numpy as np
 import torch

@@ -9,11 +9,12 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..graph import Builder, Labels, plain_labels
+from ..graph import META_SIZE_OF, Builder, Labels, plain_labels
 from ..trace import META_SHAPE
 
 from .common import _norm_dim, arg, elementwise, merge_elementwise, out_shape
 from .registry import (
+    size_sources,
     FUNCTION_HANDLERS,
     ModuleHandler,
     OpRule,
@@ -138,12 +139,27 @@ def _constant_along(arr: np.ndarray, axis: int) -> bool:
     return bool((arr == first).all())
 
 
+def _shape_args(node: fx.Node) -> list:
+    """The size arguments of view/reshape/expand, unpacked."""
+    if node.op == "call_method":
+        sizes = list(node.args[1:])
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = list(sizes[0])
+        return sizes
+    if node.target is torch.reshape:
+        shape = arg(node, 1, "shape")
+        return list(shape) if isinstance(shape, (tuple, list)) else []
+    return []
+
+
 def _reshape(b, node):
     x = node.args[0]
     xl, in_shape, shape = b.labels(x), b.shape(x), out_shape(node)
     if xl is None or in_shape is None or shape is None:
         return b.unhandled_op(node, "reshape of a non-tensor")
-    return reshape_labels(b, node, in_shape, xl, shape)
+    out = reshape_labels(b, node, in_shape, xl, shape)
+    guard_dynamic_sizes(b, node, _shape_args(node), out)
+    return out
 
 
 def _rewrite_shape_args(node: fx.Node, ctx) -> None:
@@ -201,9 +217,11 @@ def _expand(b, node):
     if xl is None or shape is None:
         return b.unhandled_op(node, "expand of a non-tensor")
     lead = len(shape) - len(xl)
-    return [None] * lead + [
+    out = [None] * lead + [
         None if (xl[k] is None or len(xl[k]) != shape[lead + k]) else xl[k] for k in range(len(xl))
     ]
+    guard_dynamic_sizes(b, node, _shape_args(node), out)
+    return out
 
 
 register_method("expand_as")(elementwise)
@@ -337,6 +355,9 @@ register_method("split", "chunk", rewrite=_rewrite_split)(_split)
 def _getitem(b, node):
     src, index = node.args
     src_labels = b.labels(src)
+    sizes = src.meta.get(META_SIZE_OF) if isinstance(src, fx.Node) else None
+    if isinstance(sizes, tuple) and isinstance(index, int):
+        node.meta[META_SIZE_OF] = sizes[index]
     if src_labels is None:
         return None if node.meta.get(META_SHAPE) is None else b.unhandled_op(node, "getitem")
     if isinstance(src.meta.get(META_SHAPE), (tuple, list)) and not b.shape(src):
@@ -432,8 +453,48 @@ def _no_labels(b, node):
     return None
 
 
-register_method("size", "dim", "numel", "type_as_str", "data_ptr", "get_device")(_no_labels)
-register_function(getattr, len, torch.numel)(_no_labels)
+def _size_query(b, node):
+    """``x.size()``, ``x.size(d)``, ``x.shape``: no labels, but remember the source dims."""
+    x = node.args[0]
+    shape = b.shape(x)
+    if shape is None:
+        return None
+    if node.op == "call_function":  # getattr(x, name)
+        if len(node.args) < 2 or node.args[1] != "shape":
+            return None
+        d = None
+    else:
+        d = arg(node, 1, "dim")
+    if isinstance(d, int):
+        node.meta[META_SIZE_OF] = frozenset({(x.name, _norm_dim(d, len(shape)))})
+    elif d is None:
+        node.meta[META_SIZE_OF] = tuple(frozenset({(x.name, i)}) for i in range(len(shape)))
+    return None
+
+
+register_method("dim", "numel", "type_as_str", "data_ptr", "get_device")(_no_labels)
+register_method("size")(_size_query)
+register_function(getattr)(_size_query)
+register_function(len, torch.numel)(_no_labels)
+
+
+def guard_dynamic_sizes(b, node, sizes, out) -> None:
+    """A view/reshape/expand of tensor X sized by values read from ANOTHER tensor's
+    channel dim (``B, P, D = y.size(); x.reshape(B, P, D)``) would go stale after
+    pruning: freeze that source dim and the output dim it sizes."""
+    x = node.args[0]
+    for k, s in enumerate(sizes):
+        if not isinstance(s, fx.Node):
+            continue
+        foreign = [(n, d) for n, d in size_sources(s) if n != x.name]
+        frozen = False
+        for n, d in foreign:
+            labels = b.labels(b.by_name[n])
+            if labels is not None and d < len(labels) and labels[d] is not None:
+                b.freeze(labels[d], f"its size is read at '{n}' to shape '{node.name}'")
+                frozen = True
+        if frozen and k < len(out):
+            b.freeze(out[k], f"'{node.name}' is shaped by another tensor's channel count")
 
 
 @register_module("torchvision.ops.misc.Permute")

@@ -10,7 +10,7 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
-from ..graph import Builder
+from ..graph import META_SIZE_OF, Builder
 from ..trace import META_SHAPE
 
 
@@ -101,6 +101,12 @@ def rule_for(node: fx.Node) -> OpRule | None:
     return None
 
 
+def size_sources(node: fx.Node) -> frozenset:
+    """The (tensor node name, dim) pairs a size value depends on."""
+    got = node.meta.get(META_SIZE_OF, frozenset())
+    return frozenset().union(*got) if isinstance(got, tuple) else got
+
+
 def dispatch(b: Builder, node: fx.Node) -> Any:
     if node.op == "call_module":
         module = b.modules[node.target]
@@ -113,6 +119,10 @@ def dispatch(b: Builder, node: fx.Node) -> Any:
         if not any(b.shape(a) is not None for a in node.all_input_nodes) and (
             node.meta.get(META_SHAPE) is None
         ):
-            return None  # pure Python arithmetic on sizes and the like
+            # pure Python arithmetic on sizes and the like: keep where sizes came from
+            deps = frozenset().union(*(size_sources(a) for a in node.all_input_nodes))
+            if deps:
+                node.meta[META_SIZE_OF] = deps
+            return None
         return b.unhandled_op(node, "no handler registered")
     return rule.propagate(b, node)
