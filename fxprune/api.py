@@ -49,6 +49,9 @@ class PruneConfig:
 
 @dataclass
 class PruneResult:
+    """``model`` is the new slim GraphModule; ``graph`` is the analysis of the dense model
+    (its ``gm`` shares the dense model's modules: read it, don't train it)."""
+
     model: fx.GraphModule
     plan: PrunePlan
     graph: ChannelGraph
@@ -96,9 +99,11 @@ class PruneResult:
         return t
 
 
-def analyze(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = ()) -> ChannelGraph:
-    """Trace ``model`` and build its channel-dependency graph."""
-    gm = trace_model(model, example_inputs, leaf_modules)
+def analyze(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = (),
+            copy_model: bool = True) -> ChannelGraph:
+    """Trace ``model`` and build its channel-dependency graph (``graph.gm`` owns a copy
+    of the model unless ``copy_model=False``, see ``trace_model``)."""
+    gm = trace_model(model, example_inputs, leaf_modules, copy_model=copy_model)
     return build_channel_graph(gm)
 
 
@@ -128,8 +133,8 @@ def prune(
     inputs = _as_tuple(example_inputs)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    if graph is None:
-        graph = analyze(model, inputs, leaf_modules)
+    if graph is None:  # read-only analysis: slim() and the scorers copy before writing
+        graph = analyze(model, inputs, leaf_modules, copy_model=False)
     times["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     score_fn = get_scorer(scorer)

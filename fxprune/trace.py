@@ -160,17 +160,21 @@ def trace_model(
     example_inputs: Any,
     leaf_modules: Iterable[type | str] = (),
     concrete_args: dict[str, Any] | None = None,
+    copy_model: bool = True,
 ) -> fx.GraphModule:
-    """Deep-copy ``model``, trace it and annotate node shapes from ``example_inputs``.
+    """Trace ``model`` and annotate node shapes from ``example_inputs``.
 
-    A model that is already a GraphModule is re-used structurally (copied, not re-traced).
+    With ``copy_model`` (the default) the GraphModule owns a deep copy; without it, it
+    shares the model's submodules (cheaper; for read-only analysis: nothing here writes
+    to them, and the training flags are restored after shape propagation). A model that
+    is already a GraphModule is re-used structurally (not re-traced).
     """
     inputs = _as_tuple(example_inputs)
     if not isinstance(model, nn.Module):
         raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
-    owned = copy.deepcopy(model)
+    owned = copy.deepcopy(model) if copy_model else model
     if isinstance(owned, fx.GraphModule) and not leaf_modules and concrete_args is None:
-        gm = owned
+        gm = owned if copy_model else fx.GraphModule(owned, copy.deepcopy(owned.graph))
     else:
         gm = symbolic_trace(owned, leaf_modules, concrete_args)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
