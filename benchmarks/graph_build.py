@@ -3,8 +3,8 @@
 For each model (``weights=None``, eval mode, input 1x3x224x224, 2 threads), each tool works
 on its own fresh deep copy and every number is the median of ``--repeats`` runs:
 
-* graph:  fxprune ``analyze`` (deep copy of the model, fx trace, shape propagation, channel
-          graph), as timed inside ``fxprune.prune``; Torch-Pruning
+* graph:  fxprune ``analyze`` (fx trace, shape propagation = one forward pass, channel
+          graph; no copy), as timed inside ``fxprune.prune``; Torch-Pruning
           ``DependencyGraph().build_dependency`` (in place, no copy).
 * total:  fxprune analyze + score + slim (``sum(result.seconds.values())``; the MAC counts
           ``prune`` also reports are left out); Torch-Pruning ``MagnitudePruner`` (L1
