@@ -72,12 +72,8 @@ def _load(model: str, input_shape: str | None, num_classes: int | None = None):
     return load_model(model, input_shape=shape, num_classes=num_classes)
 
 
-def _leaves(leaf: list[str] | None) -> list[Any]:
-    """``--leaf`` names: a module qualname in the model, or a class name anywhere in it."""
-    return list(leaf or [])
-
-
 def _resolve_leaves(network, leaf: list[str] | None) -> list[Any]:
+    """``--leaf`` names: a module qualname in the model, or a class name anywhere in it."""
     names = dict(network.named_modules())
     out: list[Any] = []
     for item in leaf or []:

@@ -82,13 +82,4 @@ def _floor_spaces(graph: ChannelGraph, scores: np.ndarray, keep: np.ndarray, min
                 break
 
 
-def apply_keep_budget(graph: ChannelGraph, scores: np.ndarray, n_prune: int) -> np.ndarray:
-    """Prune exactly the ``n_prune`` lowest-scored prunable classes (no guard)."""
-    keep = np.ones(graph.num_classes, dtype=bool)
-    candidates = np.flatnonzero(~graph.class_frozen)
-    order = np.lexsort((candidates, scores[candidates]))
-    keep[candidates[order[:n_prune]]] = False
-    return keep
-
-
 __all__ = ["select_channels", "check_ratios"]
