@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from fxprune.models.init import init_weights
 from fxprune.models.registry import register_model
 
 STAGE_CHANNELS = (16, 32, 64)
@@ -69,7 +70,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(STAGE_CHANNELS[-1], num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (N, 3, 32, 32)
         x = self.relu(self.bn1(self.conv1(x)))  # (N, 16, 32, 32)
@@ -78,15 +79,6 @@ class CifarResNet(nn.Module):
         x = self.layer3(x)  # (N, 64, 8, 8)
         x = self.avgpool(x).flatten(1)  # (N, 64)
         return self.fc(x)  # (N, num_classes)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 @register_model

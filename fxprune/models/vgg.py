@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from fxprune.models.init import init_weights
 from fxprune.models.registry import register_model
 
 MAX_POOL = "M"
@@ -55,23 +56,12 @@ class CifarVGG(nn.Module):
             nn.ReLU(),
             nn.Linear(512, num_classes),
         )
-        self._init_weights()
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (N, 3, 32, 32)
         x = self.features(x)  # (N, 512, 1, 1)
         x = self.avgpool(x).flatten(1)  # (N, 512)
         return self.classifier(x)  # (N, num_classes)
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
 
 
 @register_model
