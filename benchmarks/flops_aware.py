@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import (
+from _common import (
     FULL,
     QUICK,
     Timing,
-    _count,
+    count,
     build_model,
     open_session,
     random_feed,
@@ -130,8 +130,8 @@ class SeedResult:
 
 def run_seed(model_name: str, seed: int, args, timing: Timing, workdir: Path, log) -> SeedResult:
     import fxprune
-    from fxprune.export import export_onnx
-    from fxprune.flops import count_macs, count_params
+    from fxprune.deploy import export_onnx
+    from fxprune.cost import count_macs, count_params
 
     dense, x = build_model(model_name, seed)
     result = SeedResult(model_name, seed)
@@ -149,7 +149,7 @@ def run_seed(model_name: str, seed: int, args, timing: Timing, workdir: Path, lo
             (k for k, v in keeps.items() if v.shape == r.keep.shape and (v == r.keep).all()), None
         )
         keeps[variant] = r.keep
-        result.variants[variant] = VariantResult(variant, r.params_after, r.flops_after,
+        result.variants[variant] = VariantResult(variant, r.params_after, r.macs_after,
                                                  stage_widths(model_name, r.model), same_as=same,
                                                  channels=int(r.keep.sum()))  # fmt: skip
         if same is None:
@@ -159,7 +159,7 @@ def run_seed(model_name: str, seed: int, args, timing: Timing, workdir: Path, lo
     plain = add("plain", ratio=args.ratio, scorer="synflow")
     add("flops-aware", ratio=args.ratio, scorer="synflow_flops")
     if args.matched:
-        frac = plain.flops_after / plain.flops_before
+        frac = plain.macs_after / plain.macs_before
         add("plain@MACs", scorer="synflow", target=f"flops={frac:.6f}")
         add("aware@MACs", scorer="synflow_flops", target=f"flops={frac:.6f}")
 
@@ -189,7 +189,7 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 def fmt(values: list[float], kind: str = "") -> str:
     mean, sd = mean_sd(values)
     if kind == "count":
-        return f"{_count(mean)} ± {_count(sd)}"
+        return f"{count(mean)} ± {count(sd)}"
     if kind == "x":
         return f"{mean:.2f}× ± {sd:.2f}"
     if kind == "w":
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
         console.print(line)
     import onnxruntime as ort
 
-    from fxprune.profile import cpu_model
+    from fxprune.deploy import cpu_model
 
     console.print(f"[dim]CPU: {cpu_model()}, onnxruntime {ort.__version__}, torch {torch.__version__}; "
                   f"speed-up = dense median / variant median within one interleaved group "

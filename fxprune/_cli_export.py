@@ -47,7 +47,7 @@ def export_command(
     """
     from rich.console import Console
 
-    from fxprune.export import export_onnx
+    from fxprune.deploy import export_onnx
 
     network, example_inputs = _load_any(model, input_shape)
     report = export_onnx(network, example_inputs, out, opset=opset, exporter=exporter)
@@ -105,7 +105,7 @@ def profile_command(
 
     import fxprune
     from fxprune.loading import load_model
-    from fxprune.profile import (
+    from fxprune.deploy import (
         Environment,
         ProfileReport,
         SweepPoint,

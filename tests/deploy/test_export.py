@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fxprune.errors import ExportError
-from fxprune.export import ExportReport, export_onnx
+from fxprune.deploy import ExportReport, export_onnx
 
 pytestmark = pytest.mark.onnx
 onnx = pytest.importorskip("onnx")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fxprune
-from fxprune.export import export_onnx
+from fxprune.deploy import export_onnx
 from fxprune.models import create_model, list_models
 
 pytestmark = pytest.mark.onnx

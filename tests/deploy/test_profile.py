@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from fxprune.errors import ConfigError, ProfileError
-from fxprune.export import export_onnx
-from fxprune.profile import (
+from fxprune.deploy import (
+    export_onnx,
     Environment,
     LatencyStat,
     ModelProfile,
@@ -204,7 +204,7 @@ def test_report_renders_a_fixed_width_table():
 
 
 def test_profile_models_dense_vs_slim(tmp_path):
-    from fxprune.flops import count_macs
+    from fxprune.cost import count_macs
 
     dense, slim = conv_net(32), conv_net(8)
     report = profile_models(dense, slim, example(), (1, 2), 1, "cpu", tmp_path, **TINY_TIMING)
