@@ -7,7 +7,10 @@ from __future__ import annotations
 
 
 class FxPruneError(Exception):
-    """Base class: a user mistake or an unsupported input, explained in one line."""
+    """Base class: a user mistake or an unsupported input, explained in one line.
+    ``exit_code`` is the command line's exit status for it."""
+
+    exit_code = 2
 
 
 class TraceError(FxPruneError):
@@ -23,7 +26,18 @@ class ConfigError(FxPruneError, ValueError):
 
 
 class PlanError(FxPruneError):
-    """A pruning plan does not fit the model it is applied to, or is malformed."""
+    """A pruning plan does not fit the model it is applied to, or is malformed; or one of
+    fxprune's own files (slim.pt, meta.json, plan.json, summary.json) is missing or corrupt."""
+
+
+class NothingToPruneError(FxPruneError):
+    """The settings or the model leave no channel to remove (exit code 3: an answer, not a crash)."""
+
+    exit_code = 3
+
+
+class OutputError(ConfigError):
+    """An output path cannot be written, or writing it would destroy files fxprune did not write."""
 
 
 class ScoreError(FxPruneError):
@@ -43,13 +57,15 @@ class DataError(FxPruneError):
 
 
 __all__ = [
-    "FxPruneError",
-    "TraceError",
-    "ModelLoadError",
     "ConfigError",
-    "PlanError",
-    "ScoreError",
-    "ExportError",
-    "ProfileError",
     "DataError",
+    "ExportError",
+    "FxPruneError",
+    "ModelLoadError",
+    "NothingToPruneError",
+    "OutputError",
+    "PlanError",
+    "ProfileError",
+    "ScoreError",
+    "TraceError",
 ]

@@ -268,7 +268,7 @@ def cli(tmp_path):
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 
-    from fxprune._cli_export import export_command, profile_command
+    from fxprune.cli.deploy import export_command, profile_command
 
     app = typer.Typer()
     app.command("export")(export_command)

@@ -1,0 +1,73 @@
+"""The ``fxprune`` command line: one typer app, its commands in three modules.
+
+    prune.py   models, inspect, prune
+    deploy.py  export, profile
+    train.py   train-prune
+    hpo        mounted from ``hpo.cli`` (the hpo package's own command module)
+    common.py  the one error wrapper and the shared options
+
+Commands only assemble results and print them; a user mistake is one red line and a
+non-zero exit code (``common.cli_errors``), never a traceback. Everything heavy (torch,
+onnxruntime, optuna) is imported inside the commands, so ``fxprune --help`` and
+``fxprune --version`` answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from fxprune.cli import deploy, prune, train
+from fxprune.cli.common import error_line
+
+app = typer.Typer(
+    name="fxprune",
+    help="Structured pruning by torch.fx graph surgery: inspect, prune, export, profile, HPO.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from fxprune import __version__
+
+        typer.echo(f"fxprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_version, is_eager=True)] = False,
+) -> None:
+    """Structured pruning by torch.fx graph surgery: inspect, prune, export, profile, HPO."""
+
+
+prune.register(app)
+deploy.register(app)
+train.register(app)
+
+
+def _mount_hpo() -> None:
+    from hpo.cli import hpo_app
+
+    app.add_typer(hpo_app, name="hpo")
+
+
+_mount_hpo()
+
+
+def main() -> None:
+    """The console script ``fxprune``."""
+    try:
+        app()
+    except KeyboardInterrupt:  # outside a command's wrapper (e.g. while parsing)
+        error_line("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

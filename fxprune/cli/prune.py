@@ -1,0 +1,191 @@
+"""``fxprune models``, ``fxprune inspect`` and ``fxprune prune``.
+
+The commands assemble results (``InspectReport``, ``PruneResult``) and print them. Every
+check that can fail (options, the output folder, the model) runs before the slow part;
+the output folder appears only once complete (``fxprune.io.OutputFolder``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fxprune import defaults
+from fxprune.cli.common import (
+    ForceOpt,
+    InputShapeOpt,
+    LeafOpt,
+    ModelArg,
+    ThreadsOpt,
+    check_choice,
+    command,
+    load,
+    protected_paths,
+    resolve_leaves,
+    set_threads,
+    stderr_console,
+)
+from fxprune.errors import NothingToPruneError
+
+
+def register(app: typer.Typer) -> None:
+    command(app, "models")(models_command)
+    command(app, "inspect")(inspect_command)
+    command(app, "prune")(prune_command)
+
+
+def models_command(
+    pattern: Annotated[str, typer.Argument(help="fnmatch filter, e.g. 'resnet*'.")] = "",
+) -> None:
+    """List the built-in models (fxprune:NAME)."""
+    from rich.console import Console
+
+    from fxprune.models import list_models
+
+    for name in list_models(pattern):
+        Console().print(f"fxprune:{name}")
+
+
+def inspect_command(
+    model: ModelArg,
+    input_shape: InputShapeOpt = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the report as JSON.", show_default=False)] = None,
+    leaf: LeafOpt = None,
+    width: Annotated[int, typer.Option(help="Max members shown per group.")] = 4,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Show the channel groups of MODEL and what froze them.
+
+    One row per group: member layers, channels, FLOPs share, prunable or frozen (and
+    why); then parameter and MAC totals and the ops no handler knew.
+    """
+    from rich.console import Console
+
+    from fxprune import io
+    from fxprune.inspection import inspect_model
+
+    set_threads(threads)
+    if json_out is not None:
+        json_out = io.check_output_file(json_out, "--json")
+    network, inputs, _ = load(model, input_shape)
+    with stderr_console().status("tracing and building the channel graph..."):
+        report = inspect_model(network, inputs, resolve_leaves(network, leaf))
+    report.max_members = width
+    Console().print(report)
+    if json_out is not None:
+        io.atomic_write_json(json_out, report.to_dict())
+
+
+def prune_command(
+    model: ModelArg,
+    ratio: Annotated[float, typer.Option(
+        help="Fraction of all prunable channels to remove (global ranking), in [0, 1).")
+    ] = defaults.RATIO,
+    min_ratio: Annotated[float, typer.Option(
+        help="Every channel group keeps at least this fraction, in [0, 1].")] = defaults.MIN_RATIO,
+    scorer: Annotated[str, typer.Option(
+        help="Channel scorer: {scorers}. (Data-driven scorers such as snip: use the API.)")
+    ] = defaults.SCORER,
+    target: Annotated[str | None, typer.Option(
+        help="A budget instead of --ratio, e.g. flops=0.3 (keep 30% of the MACs).",
+        show_default=False)] = None,
+    round_to: Annotated[int | None, typer.Option(
+        help="Keep channel counts multiples of this.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder for slim.pt, meta.json, plan.json, summary.json.",
+        show_default=False)] = None,
+    force: ForceOpt = False,
+    input_shape: InputShapeOpt = None,
+    leaf: LeafOpt = None,
+    verify: Annotated[bool, typer.Option(
+        help="Check slim == masked dense on the example input.")] = True,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Score, prune and slim MODEL into a physically smaller model.
+
+    With --out DIR it writes slim.pt (load it with fxprune.load_slim(DIR)), meta.json,
+    plan.json and summary.json; the folder appears only when everything is written.
+    Exit code 3 when the settings or the model leave nothing to prune.
+    """
+    from rich.console import Console
+
+    from fxprune import io
+    from fxprune.api import PruneConfig, prune
+    from fxprune.inspection import widths_table
+    from fxprune.verify import verify_equivalence
+
+    # every check that can fail runs before the slow part
+    set_threads(threads)
+    config = PruneConfig(ratio, min_ratio, scorer, round_to, target)  # ranges, one line each
+    check_choice("--scorer", scorer, "scorers")
+    _check_something_to_prune(ratio, min_ratio, target)
+    folder = None
+    if out is not None:
+        folder = io.OutputFolder.prepare(out, force=force, protect=protected_paths(model))
+    network, inputs, specs = load(model, input_shape)
+    leaves = resolve_leaves(network, leaf)
+
+    console = Console()
+    with stderr_console().status(f"tracing, scoring with {scorer} and slimming...") as status:
+        result = prune(network, inputs, config.ratio, config.min_ratio, config.scorer,
+                       round_to=round_to, target=target, leaf_modules=leaves)
+        if bool(result.keep.all()):
+            raise NothingToPruneError(_nothing_pruned(model, result))
+        check = None
+        if verify:
+            status.update("verifying slim == masked dense...")
+            check = verify_equivalence(result.graph, result.keep, result.model, inputs)
+    console.print(result)
+    console.print(widths_table(network, result))
+    if check is not None:
+        console.print(f"equivalence: {'[green]ok[/]' if check.passed else '[red]FAILED[/]'} - {check}")
+        if not check.passed:
+            from fxprune.errors import ConfigError
+
+            raise ConfigError(f"slim model does not match the masked dense model: {check}")
+    if folder is None:
+        return
+    settings = result.plan.settings
+    with folder.staging() as tmp:
+        io.write_slim(tmp, result.model, inputs, {"model": model, "settings": settings}, specs)
+        io.atomic_write_text(tmp / io.PLAN_FILE, result.plan.to_json())
+        io.atomic_write_json(tmp / io.SUMMARY_FILE, {
+            **result.summary(), "model": model, "settings": settings,
+            "equivalence": None if check is None else check.detail})
+    console.print(f"wrote {out}/ ({io.SLIM_FILE}, {io.META_FILE}, {io.PLAN_FILE}, "
+                  f"{io.SUMMARY_FILE}); load with fxprune.load_slim('{out}')", soft_wrap=True)
+
+
+def _check_something_to_prune(ratio: float, min_ratio: float, target: str | None) -> None:
+    """Settings that cannot remove a channel are an answer (exit 3), found before any work."""
+    if min_ratio >= 1.0:
+        raise NothingToPruneError(
+            f"--min-ratio {min_ratio:g} keeps every channel of every layer: nothing to prune; "
+            "lower it (the paper's setting is 0.15)")
+    if target is None and ratio <= 0.0:
+        raise NothingToPruneError(
+            "--ratio 0 removes no channel: nothing to prune; give a ratio in (0, 1), "
+            "e.g. --ratio 0.5")
+
+
+def _nothing_pruned(model: str, result) -> str:
+    """Why a prune kept every channel: what froze the groups (one line)."""
+    groups = result.graph.groups
+    prunable = [g for g in groups if g.prunable]
+    if prunable:
+        return (f"{model}: the settings keep all {len(prunable)} prunable channel groups whole "
+                "(ratio too small for --min-ratio/--round-to); nothing written")
+    reasons: dict[str, int] = {}
+    for group in groups:
+        reason = str(group.frozen_reason or "frozen")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    top = sorted(reasons.items(), key=lambda item: -item[1])[:3]
+    named = "; ".join(f"{count} x {reason}" for reason, count in top)
+    return (f"{model}: nothing is prunable, all {len(groups)} channel groups are frozen "
+            f"({named}); see `fxprune inspect {model}`; nothing written")
+
+
+__all__ = ["inspect_command", "models_command", "prune_command", "register"]
