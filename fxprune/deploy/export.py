@@ -40,6 +40,17 @@ So "auto" uses TorchScript (fast, exact opset; slim GraphModules come from
 when TorchScript raises, is gone from torch, or emits a ``TracerWarning`` (its trace may be
 input-specific). ``exporter="torchscript"|"dynamo"`` forces one. The report records the
 exporter actually used and the opset actually written.
+
+Names and dynamic axes
+----------------------
+Inputs are named after the forward signature's parameters, outputs after the keys of a
+dict output (``output``/``output_<i>`` otherwise). ``dynamic="batch"`` (default) makes
+dim 0 of every input dynamic; ``dynamic="all"`` every dim except the channel dim (dim 1)
+of floating inputs with 2+ dims: each candidate dim is first tried in PyTorch at another
+size (a dim the model needs fixed, e.g. before a Flatten->Linear, stays static), then the
+export is run in onnxruntime at another size for each dim, and a dim it cannot run is
+made static and the model re-exported. The report lists the dynamic dims and the sizes
+parity was checked at. An opset torch.onnx cannot write is an error.
 """
 
 from __future__ import annotations

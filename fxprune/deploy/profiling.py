@@ -30,7 +30,8 @@ from fxprune.errors import ConfigError
 from .runtime import checked_batches, open_session, random_feed, resolve_providers
 
 Progress = Callable[[str], None]
-PROGRESS_EVERY_S = 2.0  # at most one progress line per this many seconds while timing
+PROGRESS_EVERY_S = 2.0
+NOISE_FLOOR = 0.03  # speed-ups within +-3% of 1 are not claimed (see ``verdict``)  # at most one progress line per this many seconds while timing
 
 
 @dataclass(frozen=True)
@@ -118,14 +119,22 @@ def compare(base: LatencyStat, other: LatencyStat) -> tuple[float, float | None,
     return speedup, low, high
 
 
-def verdict(base: LatencyStat, other: LatencyStat) -> str | None:
-    """"faster", "slower" or "no measurable difference" (None without intervals)."""
+def verdict(base: LatencyStat, other: LatencyStat, floor: float = NOISE_FLOOR) -> str | None:
+    """"faster", "slower" or "no measurable difference" (None without intervals).
+
+    A difference counts only when the speed-up's whole interval lies beyond ``floor``
+    (3%, the resolution the timing aims for): two sessions of the very same model differ
+    by a fraction of a percent with tight intervals (memory placement, cache state), and
+    that is not a result.
+    """
     _, low, high = compare(base, other)
     if low is None or high is None:
         return None
-    if low <= 1.0 <= high:
-        return "no measurable difference"
-    return "faster" if low > 1.0 else "slower"
+    if low > 1.0 + floor:
+        return "faster"
+    if high < 1.0 / (1.0 + floor):
+        return "slower"
+    return "no measurable difference"
 
 
 # --------------------------------------------------------------------------- timing loop

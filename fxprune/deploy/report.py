@@ -244,6 +244,9 @@ class ProfileReport:
             )  # fmt: skip
 
         parts: list[Any] = [sizes, latency]
+        for batch in self.batch_sizes:
+            if self.verdict(batch) is not None:
+                parts.append(Text(self.verdict_line(batch)))
         if self.layers:
             parts.append(layers_table(self.layers))
         if self.sweep:
@@ -268,8 +271,16 @@ class ProfileReport:
         speedup, interval = self.speedup(batch), self.speedup_interval(batch)
         if interval is None:
             return factor(speedup)
-        text = f"{factor(speedup)} [{interval[0]:.2f}-{interval[1]:.2f}]"
-        return f"{text} {NO_DIFFERENCE}" if self.verdict(batch) == NO_DIFFERENCE else text
+        return f"{factor(speedup)} [{interval[0]:.2f}-{interval[1]:.2f}]"
+
+    def verdict_line(self, batch: int) -> str:
+        """One sentence per batch size: the verdict and the interval it rests on."""
+        low, high = self.speedup_interval(batch)
+        judged = self.verdict(batch)
+        where = f"speed-up {self.speedup(batch):.2f}× (95% interval {low:.2f}-{high:.2f})"
+        if judged == NO_DIFFERENCE:
+            return f"batch {batch}: {NO_DIFFERENCE}: {where} is inside the noise (±3%)"
+        return f"batch {batch}: slim is {judged}: {where}"
 
 
 def layers_table(layers: Iterable[dict[str, Any]], limit: int = 12):
