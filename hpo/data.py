@@ -10,7 +10,20 @@ per-channel normalisation and the training augmentation. Sources:
   with an unpickler that only builds numpy arrays, so a hostile file cannot run code.
 * ``tinyimagenet``: the standard ``tiny-imagenet-200`` layout (``train/<wnid>/images/*.JPEG``,
   ``val/val_annotations.txt``, ``val/images``); images are decoded lazily, per batch.
+* ``fashion-mnist`` / ``mnist``: the four IDX files (``train-images-idx3-ubyte[.gz]``, ...)
+  from ``--data-dir``; Fashion-MNIST defaults to ``/usr/share/datasets/fashion-mnist``
+  (Debian package ``dataset-fashion-mnist``). 28x28 grey, repeated to 3 channels.
 * ``synthetic``: class prototypes plus noise, learnable in a few epochs; for tests.
+
+Three splits (``holdout=True``, what HPO uses): train, validation (what a search sees) and
+test (what a final run reports, never seen by a search). Where the source has a test set
+(CIFAR, TinyImageNet's val folder, the MNIST t10k files) it is the test split and the
+validation split is a seeded, stratified tenth of the training set; digits is split
+60/20/20 and synthetic draws a third set. ``holdout=False`` keeps the two-way splits of the
+first release (train and val). ``train_size``/``eval_size`` cap the splits with a seeded,
+stratified subset (small budgets). ``Dataset.fingerprint()`` is a digest of the content
+(pixels and labels, or file names and sizes for TinyImageNet), so machines that hold the
+same data under different paths share a study.
 
 Augmentation (train only) is done with tensor ops on whole batches: zero-pad by ``pad`` and
 random-crop back, then horizontal flip with probability 0.5: pad 4 for CIFAR as in the
@@ -21,8 +34,11 @@ one-line ``DataError`` naming the file.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import pickle
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +56,8 @@ CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+VAL_FRACTION = 0.1  # of the training set, where the source has its own test set
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,12 @@ class TensorImageSet:
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         return self._images[indices]
 
+    def content_digest(self) -> str:
+        return hashlib.sha1(self._images.contiguous().numpy().tobytes()).hexdigest()
+
+    def subset(self, indices: torch.Tensor) -> TensorImageSet:
+        return TensorImageSet(self._images[indices], self.labels[indices])
+
 
 class FileImageSet:
     """A split of image files decoded on demand (TinyImageNet: 100k JPEGs stay on disk)."""
@@ -85,6 +109,17 @@ class FileImageSet:
         self._paths = list(paths)
         self.labels = labels.to(torch.int64)
         self._size = size
+
+    def content_digest(self) -> str:
+        """File names and sizes (hashing 100k JPEGs would take minutes)."""
+        digest = hashlib.sha1(str(self._size).encode())
+        for path in self._paths:
+            digest.update(f"{path.parent.name}/{path.name}:{path.stat().st_size};".encode())
+        return digest.hexdigest()
+
+    def subset(self, indices: torch.Tensor) -> FileImageSet:
+        return FileImageSet([self._paths[i] for i in indices.tolist()], self.labels[indices],
+                            self._size)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -109,7 +144,8 @@ class FileImageSet:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Train and validation splits with their normalisation and training augmentation."""
+    """Train, validation and (with ``holdout``) test splits with their normalisation and
+    training augmentation."""
 
     name: str
     train: ImageSet
@@ -118,6 +154,32 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: Augment = Augment()
+    test: ImageSet | None = None
+
+    def split(self, name: str) -> ImageSet:
+        """The split called ``name``: "train", "val" or "test"."""
+        found = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if found is None:
+            raise ConfigError(f"dataset {self.name} has no {name!r} split"
+                              + (" (loaded without holdout)" if name == "test" else ""))
+        return found
+
+    def fingerprint(self) -> str:
+        """A digest of the content of every split (see the module docstring)."""
+        cached = getattr(self, "_fingerprint", None)
+        if cached is None:
+            digest = hashlib.sha1(self.name.encode())
+            for name in ("train", "val", "test"):
+                part = {"train": self.train, "val": self.val, "test": self.test}[name]
+                if part is None:
+                    continue
+                digest.update(name.encode())
+                digest.update(part.labels.numpy().tobytes())
+                content = getattr(part, "content_digest", None)
+                digest.update(content().encode() if content is not None else b"")
+            cached = digest.hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -130,7 +192,7 @@ class Dataset:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised float images (B, C, H, W) and labels (B,); ``generator`` given means
         training: the augmentation is applied with it."""
-        images_set = self.train if split == "train" else self.val
+        images_set = self.split(split)
         images = images_set.images(indices)
         if generator is not None:
             images = augment_batch(images, self.augment, generator)
@@ -140,6 +202,8 @@ class Dataset:
 
     def summary(self) -> dict[str, object]:
         return {"name": self.name, "train": len(self.train), "val": len(self.val),
+                "test": len(self.test) if self.test is not None else 0,
+                "fingerprint": self.fingerprint(),
                 "num_classes": self.num_classes, "input_shape": list(self.input_shape[1:]),
                 "augment": {"pad": self.augment.pad, "hflip": self.augment.hflip}}
 
@@ -167,31 +231,90 @@ def augment_batch(
 
 # --- the sources ---------------------------------------------------------------------------
 
-DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "synthetic")
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "tinyimagenet",
+            "synthetic")
 
 
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, *, seed: int = 0, image_size: int | None = None
+    name: str, data_dir: str | Path | None = None, *, seed: int = 0, image_size: int | None = None,
+    holdout: bool = False, train_size: int | None = None, eval_size: int | None = None,
 ) -> Dataset:
     """The dataset ``name`` (one of ``DATASETS``); see the module docstring."""
     if image_size is not None and image_size < 4:
         raise ConfigError(f"image size {image_size} is too small; use 4 or more pixels")
+    for option, value in (("--train-size", train_size), ("--eval-size", eval_size)):
+        if value is not None and value < 2:
+            raise ConfigError(f"{option} must be at least 2, got {value}")
+    data = _load_source(name, data_dir, seed, image_size, holdout)
+    return _capped(data, train_size, eval_size, seed)
+
+
+def _load_source(name: str, data_dir: str | Path | None, seed: int, image_size: int | None,
+                 holdout: bool) -> Dataset:
     if name == "digits":
-        return digits_dataset(seed=seed, image_size=image_size or DIGITS_IMAGE_SIZE)
+        return digits_dataset(seed=seed, image_size=image_size or DIGITS_IMAGE_SIZE,
+                              holdout=holdout)
     if name == "synthetic":
-        return synthetic_dataset(seed=seed, image_size=image_size or SYNTHETIC_IMAGE_SIZE)
+        return synthetic_dataset(seed=seed, image_size=image_size or SYNTHETIC_IMAGE_SIZE,
+                                 test_size=128 if holdout else 0)
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "fashion-mnist" and data_dir is None:
+        data_dir = FASHION_MNIST_DIR
     if data_dir is None:
         raise ConfigError(f"dataset {name} is read from a local folder: pass --data-dir PATH")
-    if name in ("cifar10", "cifar100"):
+    if name in ("fashion-mnist", "mnist"):
+        data = idx_dataset(Path(data_dir), name=name, image_size=image_size)
+    elif name in ("cifar10", "cifar100"):
         if image_size not in (None, 32):
             raise ConfigError(f"{name} images are 32x32; drop --image-size")
-        return cifar_dataset(Path(data_dir), classes=10 if name == "cifar10" else 100)
-    return tinyimagenet_dataset(Path(data_dir), image_size=image_size or 64)
+        data = cifar_dataset(Path(data_dir), classes=10 if name == "cifar10" else 100)
+    else:
+        data = tinyimagenet_dataset(Path(data_dir), image_size=image_size or 64)
+    return _with_holdout(data, seed) if holdout else data
 
 
-def digits_dataset(*, seed: int = 0, image_size: int = DIGITS_IMAGE_SIZE) -> Dataset:
+def _stratified(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """``count`` indices drawn per class in proportion, seeded; sorted."""
+    from sklearn.model_selection import train_test_split
+
+    if count >= len(labels):
+        return torch.arange(len(labels))
+    picked, _ = train_test_split(np.arange(len(labels)), train_size=count, random_state=seed,
+                                 stratify=labels.numpy())
+    return torch.from_numpy(np.sort(picked))
+
+
+def _with_holdout(data: Dataset, seed: int) -> Dataset:
+    """The source's test set becomes the test split; validation is a seeded, stratified
+    tenth of the training set, the rest stays training."""
+    count = max(1, round(VAL_FRACTION * len(data.train)))
+    val_index = _stratified(data.train.labels, count, seed + 104729)
+    rest = torch.ones(len(data.train), dtype=torch.bool)
+    rest[val_index] = False
+    train, val = data.train, data.train
+    return Dataset(data.name, train.subset(torch.nonzero(rest).flatten()),  # type: ignore[attr-defined]
+                   val.subset(val_index), data.num_classes, data.mean,  # type: ignore[attr-defined]
+                   data.std, data.augment, test=data.val)
+
+
+def _capped(data: Dataset, train_size: int | None, eval_size: int | None, seed: int) -> Dataset:
+    """Seeded, stratified subsets of at most ``train_size`` / ``eval_size`` examples."""
+    if train_size is None and eval_size is None:
+        return data
+
+    def cap(part: ImageSet | None, size: int | None, salt: int) -> ImageSet | None:
+        if part is None or size is None or size >= len(part):
+            return part
+        return part.subset(_stratified(part.labels, size, seed + salt))  # type: ignore[attr-defined]
+
+    return Dataset(data.name, cap(data.train, train_size, 1), cap(data.val, eval_size, 2),
+                   data.num_classes, data.mean, data.std, data.augment,
+                   test=cap(data.test, eval_size, 3))
+
+
+def digits_dataset(*, seed: int = 0, image_size: int = DIGITS_IMAGE_SIZE,
+                   holdout: bool = False) -> Dataset:
     """scikit-learn's 1797 8x8 digits, upscaled to ``image_size``, 3 channels, split 80/20."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -206,13 +329,19 @@ def digits_dataset(*, seed: int = 0, image_size: int = DIGITS_IMAGE_SIZE) -> Dat
     train_idx, val_idx = train_test_split(
         np.arange(len(labels)), test_size=0.2, random_state=seed, stratify=digits.target
     )
+    test_idx = None
+    if holdout:  # 60/20/20: the test fifth comes out of the training part
+        train_idx, test_idx = train_test_split(
+            train_idx, test_size=0.25, random_state=seed + 1, stratify=digits.target[train_idx])
+        test_idx = torch.from_numpy(test_idx)
     return _in_memory("digits", images, labels, torch.from_numpy(train_idx),
-                      torch.from_numpy(val_idx), num_classes=10, augment=Augment())
+                      torch.from_numpy(val_idx), num_classes=10, augment=Augment(),
+                      test_idx=test_idx)
 
 
 def synthetic_dataset(
     *, seed: int = 0, image_size: int = SYNTHETIC_IMAGE_SIZE, num_classes: int = 4,
-    train_size: int = 256, val_size: int = 128,
+    train_size: int = 256, val_size: int = 128, test_size: int = 0,
 ) -> Dataset:
     """Smooth random class prototypes plus pixel noise: a few epochs separate the classes."""
     generator = torch.Generator().manual_seed(seed)
@@ -231,13 +360,23 @@ def synthetic_dataset(
     noise = 0.2 * torch.randn((count, 3, image_size, image_size), generator=generator)
     images = ((prototypes[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
     indices = torch.arange(count)
+    test_idx = None
+    if test_size:  # drawn after the others, so train and val are those of test_size=0
+        test_labels = torch.arange(test_size) % num_classes
+        test_noise = 0.2 * torch.randn((test_size, 3, image_size, image_size),
+                                       generator=generator)
+        test_images = ((prototypes[test_labels] + test_noise).clamp(0, 1) * 255).round()
+        images = torch.cat([images, test_images.to(torch.uint8)])
+        labels = torch.cat([labels, test_labels])
+        test_idx = torch.arange(count, count + test_size)
     return _in_memory("synthetic", images, labels, indices[:train_size], indices[train_size:],
-                      num_classes=num_classes, augment=Augment(pad=1))
+                      num_classes=num_classes, augment=Augment(pad=1), test_idx=test_idx)
 
 
 def _in_memory(
     name: str, images: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,
     val_idx: torch.Tensor, *, num_classes: int, augment: Augment,
+    test_idx: torch.Tensor | None = None,
 ) -> Dataset:
     """Split an in-memory set; normalisation statistics come from the train split only."""
     train_pixels = images[train_idx].float() / 255.0
@@ -248,6 +387,70 @@ def _in_memory(
         train=TensorImageSet(images[train_idx], labels[train_idx]),
         val=TensorImageSet(images[val_idx], labels[val_idx]),
         num_classes=num_classes, mean=mean, std=std, augment=augment,
+        test=None if test_idx is None else TensorImageSet(images[test_idx], labels[test_idx]),
+    )
+
+
+# --- MNIST-style IDX files -------------------------------------------------------------------
+
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IDX_STATS = {"fashion-mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}
+
+
+def _idx_path(folder: Path, stem: str) -> Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{folder}: missing {stem}[.gz] (the MNIST IDX files); for Fashion-MNIST "
+                    "install the Debian package dataset-fashion-mnist")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (optionally gzipped): big-endian magic ``0x0000 <type> <ndim>``, the
+    dimension sizes, then the data; only unsigned bytes (type 0x08) occur in MNIST."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: {len(raw) - header} data bytes, header says {expected} "
+                        f"for shape {shape}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def idx_dataset(folder: Path, *, name: str = "fashion-mnist",
+                image_size: int | None = None) -> Dataset:
+    """MNIST or Fashion-MNIST from the four IDX files; t10k is the second split."""
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}")
+    splits = []
+    for split in ("train", "test"):
+        images_file, labels_file = (_idx_path(folder, stem) for stem in _IDX_FILES[split])
+        images, labels = read_idx(images_file), read_idx(labels_file)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{images_file}: images {images.shape} and {labels_file}: labels "
+                            f"{labels.shape} do not match")
+        if labels.size and labels.max() > 9:
+            raise DataError(f"{labels_file}: labels outside 0..9")
+        pixels = torch.from_numpy(images.copy())[:, None]  # (N, 1, 28, 28) uint8
+        if image_size is not None and image_size != pixels.shape[-1]:
+            pixels = F.interpolate(pixels.float(), size=(image_size, image_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+            pixels = pixels.clamp(0, 255).round().to(torch.uint8)
+        splits.append((pixels.repeat(1, 3, 1, 1), torch.from_numpy(labels.astype(np.int64))))
+    mean, std = _IDX_STATS[name]
+    return Dataset(
+        name=name, train=TensorImageSet(*splits[0]), val=TensorImageSet(*splits[1]),
+        num_classes=10, mean=(mean,) * 3, std=(std,) * 3, augment=Augment(pad=2, hflip=name == "fashion-mnist"),
     )
 
 
@@ -384,6 +587,8 @@ __all__ = [
     "augment_batch",
     "cifar_dataset",
     "digits_dataset",
+    "idx_dataset",
+    "read_idx",
     "load_dataset",
     "synthetic_dataset",
     "tinyimagenet_dataset",

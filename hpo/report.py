@@ -195,6 +195,57 @@ class RankSummary:
 
 
 @dataclass(frozen=True)
+class RepeatSummary:
+    """One replicate of a compare: each arm's winner, its final TEST accuracy (mean over
+    the final seeds), the search's elapsed span and summed compute, and Kendall's tau."""
+
+    repeat: int
+    winners: dict[str, dict[str, Any] | None]  # arm -> {"trial", "value", "params"}
+    test_accuracy: dict[str, float | None]  # arm -> mean final test accuracy
+    wall_seconds: dict[str, float]  # arm -> elapsed span of its search
+    compute_seconds: dict[str, float]  # arm -> summed trial durations
+    tau: float | None = None
+
+    @property
+    def accuracy_gap(self) -> float | None:
+        """proxy - typical final test accuracy, percentage points."""
+        typical, proxy = self.test_accuracy.get("typical"), self.test_accuracy.get("proxy")
+        return None if typical is None or proxy is None else 100.0 * (proxy - typical)
+
+    @property
+    def time_reduction_pct(self) -> float | None:
+        typical, proxy = self.wall_seconds.get("typical", 0.0), self.wall_seconds.get("proxy")
+        return None if not typical or proxy is None else 100.0 * (1.0 - proxy / typical)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "accuracy_gap_pp": self.accuracy_gap,
+                "time_reduction_pct": self.time_reduction_pct}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RepeatSummary:
+        return cls(**{k: v for k, v in data.items()
+                      if k not in ("accuracy_gap_pp", "time_reduction_pct")})
+
+
+def mean_ci(values: list[float | None], level: float = 0.95) -> dict[str, Any]:
+    """Mean and two-sided ``level`` confidence interval (Student's t) of the known values;
+    the interval is null below two values."""
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    result: dict[str, Any] = {"mean": None, "ci_low": None, "ci_high": None, "n": len(known)}
+    if not known:
+        return result
+    mean = statistics.fmean(known)
+    result["mean"] = mean
+    if len(known) >= 2:
+        from scipy.stats import t
+
+        half = t.ppf(0.5 + level / 2, len(known) - 1) * statistics.stdev(known) / math.sqrt(
+            len(known))
+        result["ci_low"], result["ci_high"] = mean - half, mean + half
+    return result
+
+
+@dataclass(frozen=True)
 class HpoReport:
     """Everything a run folder holds, as data; ``kind`` is "run" or "compare"."""
 
@@ -206,6 +257,13 @@ class HpoReport:
     finals: tuple[FinalSummary, ...] = ()
     rank: RankSummary | None = None
     hyperband: dict[str, Any] | None = None
+    repeats: tuple[RepeatSummary, ...] = ()
+
+    def statistics(self) -> dict[str, dict[str, Any]]:
+        """Mean and 95% CI over the repeats of the gap, the time reduction and tau."""
+        return {"accuracy_gap_pp": mean_ci([r.accuracy_gap for r in self.repeats]),
+                "time_reduction_pct": mean_ci([r.time_reduction_pct for r in self.repeats]),
+                "kendall_tau": mean_ci([r.tau for r in self.repeats])}
 
     def study(self, name: str) -> StudySummary | None:
         return next((s for s in self.studies if s.name == name), None)
@@ -215,7 +273,10 @@ class HpoReport:
 
     @property
     def time_reduction_pct(self) -> float | None:
-        """HPO wall time saved by the proxy: ``100 * (1 - proxy / typical)``."""
+        """HPO wall time saved by the proxy: ``100 * (1 - proxy / typical)`` (the mean over
+        the repeats when there are several)."""
+        if len(self.repeats) > 1:
+            return self.statistics()["time_reduction_pct"]["mean"]
         typical, proxy = self.study("typical"), self.study("proxy")
         if typical is None or proxy is None or typical.wall_seconds <= 0:
             return None
@@ -223,7 +284,10 @@ class HpoReport:
 
     @property
     def accuracy_gap(self) -> float | None:
-        """Final accuracy of proxy-HPO minus typical-HPO, in percentage points."""
+        """Final accuracy of proxy-HPO minus typical-HPO, in percentage points (the mean
+        over the repeats when there are several)."""
+        if len(self.repeats) > 1:
+            return self.statistics()["accuracy_gap_pp"]["mean"]
         typical, proxy = self.final("typical"), self.final("proxy")
         if typical is None or proxy is None or typical.mean is None or proxy.mean is None:
             return None
@@ -244,6 +308,8 @@ class HpoReport:
             "finals": [f.to_dict() for f in self.finals],
             "rank": None if self.rank is None else asdict(self.rank),
             "hyperband": self.hyperband,
+            "repeats": [r.to_dict() for r in self.repeats],
+            "statistics": self.statistics() if self.repeats else None,
         }
 
     @classmethod
@@ -257,6 +323,7 @@ class HpoReport:
             finals=tuple(FinalSummary.from_dict(f) for f in data.get("finals", [])),
             rank=None if data.get("rank") is None else RankSummary.from_dict(data["rank"]),
             hyperband=data.get("hyperband"),
+            repeats=tuple(RepeatSummary.from_dict(r) for r in data.get("repeats", [])),
         )
 
     def __rich__(self) -> Any:
@@ -297,14 +364,16 @@ def render_report(report: HpoReport) -> Any:
     parts.append(header)
 
     studies = Table(title="HPO studies", title_justify="left")
-    for column in ("study", "trains", "complete", "pruned", "fail", "best acc", "wall time"):
+    for column in ("study", "trains", "complete", "pruned", "fail", "best val acc", "wall span",
+                   "compute"):
         studies.add_column(column, justify="left" if column == "study" else "right")
     best_sets = Table.grid(padding=(0, 2))
     for study in report.studies:
         counts = study.counts
         studies.add_row(study.name, study.role, str(counts.get("COMPLETE", 0)),
                         str(counts.get("PRUNED", 0)), str(counts.get("FAIL", 0)),
-                        _pct(study.best_value), f"{study.wall_seconds:.1f}s")
+                        _pct(study.best_value), f"{study.wall_seconds:.1f}s",
+                        f"{study.trial_seconds:.1f}s")
         best_sets.add_row(f"best set of {study.name}", f"trial {study.best_trial}",
                           _params_text(study.best_params))
     parts.extend([studies, best_sets])
@@ -319,14 +388,17 @@ def render_report(report: HpoReport) -> Any:
         )
 
     if report.finals:
-        finals = Table(title="Base network trained with the best set", title_justify="left")
-        for column in ("best set from", "seeds", "accuracy mean", "std", "failed seeds"):
+        finals = Table(title="Base network trained with the best set (test split)",
+                       title_justify="left")
+        for column in ("best set from", "seeds", "test acc mean", "std", "failed seeds"):
             finals.add_column(column, justify="left" if column == "best set from" else "right")
         for final in report.finals:
             finals.add_row(final.source, ",".join(map(str, final.seeds)), _pct(final.mean),
                            _pct(final.std), ",".join(map(str, final.failed_seeds)) or "-")
         parts.append(finals)
 
+    if len(report.repeats) > 1:
+        parts.append(_repeats_table(report))
     if report.kind == "compare":
         summary = Table.grid(padding=(0, 2))
         reduction, gap = report.time_reduction_pct, report.accuracy_gap
@@ -338,8 +410,42 @@ def render_report(report: HpoReport) -> Any:
             tau = report.rank.tau
             summary.add_row(f"[bold]Kendall tau[/] (K={len(report.rank.params)})",
                             "-" if tau is None else f"{tau:.3f} (p={report.rank.p_value:.3g})")
+        if report.repeats:
+            for key, label in (("accuracy_gap_pp", "gap, pp"), ("time_reduction_pct",
+                                                                "time reduction, %"),
+                               ("kendall_tau", "Kendall tau")):
+                stats = report.statistics()[key]
+                summary.add_row(f"[bold]mean {label}[/] (95% CI, n={stats['n']})",
+                                _ci_text(stats))
         parts.append(summary)
     return Group(*parts)
+
+
+def _ci_text(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "-"
+    if stats["ci_low"] is None:
+        return f"{stats['mean']:+.2f}"
+    return f"{stats['mean']:+.2f} [{stats['ci_low']:+.2f}, {stats['ci_high']:+.2f}]"
+
+
+def _repeats_table(report: HpoReport) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Repeats (independent sampler seeds)", title_justify="left")
+    for column in ("repeat", "typical winner", "proxy winner", "typical test", "proxy test",
+                   "gap pp", "typical span", "proxy span", "reduction", "tau"):
+        table.add_column(column, justify="right")
+    for r in report.repeats:
+        winners = [r.winners.get(arm) or {} for arm in ("typical", "proxy")]
+        table.add_row(
+            str(r.repeat), *(f"#{w.get('trial')}" if w else "-" for w in winners),
+            _pct(r.test_accuracy.get("typical")), _pct(r.test_accuracy.get("proxy")),
+            "-" if r.accuracy_gap is None else f"{r.accuracy_gap:+.2f}",
+            f"{r.wall_seconds.get('typical', 0):.0f}s", f"{r.wall_seconds.get('proxy', 0):.0f}s",
+            "-" if r.time_reduction_pct is None else f"{r.time_reduction_pct:.1f}%",
+            "-" if r.tau is None else f"{r.tau:.2f}")
+    return table
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -443,10 +549,12 @@ __all__ = [
     "HpoReport",
     "ProxyInfo",
     "RankSummary",
+    "RepeatSummary",
     "StudySummary",
     "TrialRecord",
     "atomic_write",
     "atomic_write_json",
+    "mean_ci",
     "read_report",
     "render_report",
     "write_report",

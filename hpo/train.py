@@ -1,8 +1,10 @@
-"""The training run every HPO trial and every final run performs.
+"""The training run every HPO trial and every final run performs, on the shared loop of
+``fxprune.train.loop``.
 
 SGD with momentum and weight decay; the learning rate is multiplied by ``decay_factor`` at
-50% and 75% of the epochs (the paper's 80/120 of 160). Validation accuracy is measured
-after every epoch and handed to ``on_epoch`` (which may raise ``optuna.TrialPruned``).
+50% and 75% of the epochs (the paper's 80/120 of 160). Accuracy on ``eval_split`` (the
+validation split for searches, the test split for final runs) is measured after every
+epoch and handed to ``on_epoch`` (which may raise ``optuna.TrialPruned``).
 
 Deterministic for a given ``seed`` on CPU: shuffling and augmentation draw from a private
 ``torch.Generator``, and dropout-like ops draw from a forked global RNG seeded here. A
@@ -12,37 +14,34 @@ non-finite loss raises ``TrainingDiverged`` at once, naming the epoch and step.
 from __future__ import annotations
 
 import copy
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fxprune.errors import FxPruneError
+from fxprune.train.loop import (
+    Batch,
+    TrainingDiverged,
+    cross_entropy_objective,
+    default_device,
+    threads_per_worker,
+    train_epoch,
+)
+from fxprune.train.loop import evaluate as evaluate_batches
 from hpo.data import Dataset
 from hpo.space import HyperParams
 
 EVAL_BATCH_SIZE = 512
 
-EpochCallback = Callable[[int, float], None]  # (epoch counted from 1, val accuracy)
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-    def __init__(self, epoch: int, step: int, loss: float) -> None:
-        super().__init__(f"diverged: loss={loss} at epoch {epoch}, step {step}")
-        self.epoch = epoch
-        self.step = step
-        self.loss = loss
+EpochCallback = Callable[[int, float], None]  # (epoch counted from 1, accuracy)
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Per-epoch validation accuracy (fractions in [0, 1]) and the time it took."""
+    """Per-epoch accuracy on the evaluated split (fractions in [0, 1]) and the time it took."""
 
     val_accuracy: tuple[float, ...]
     seconds: float
@@ -67,15 +66,20 @@ def learning_rate(hyperparams: HyperParams, epoch: int, epochs: int) -> float:
     return hyperparams.lr * hyperparams.decay_factor ** passed
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def train_batches(data: Dataset, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    """One shuffled, augmented epoch of the train split."""
+    train_size = len(data.train)
+    order = torch.randperm(train_size, generator=generator)
+    # A last batch of one sample breaks BatchNorm in train mode: drop it.
+    stop = train_size if train_size % batch_size != 1 else train_size - 1
+    for first in range(0, stop, batch_size):
+        yield data.batch("train", order[first:first + batch_size], generator)
 
 
-def threads_per_worker(workers: int) -> int:
-    """Intra-op threads for each of ``workers`` local processes: the cores shared out, so
-    N workers do not oversubscribe the machine (each would otherwise take every core)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, workers))
+def eval_batches(data: Dataset, split: str = "val") -> Iterator[Batch]:
+    size = len(data.split(split))
+    for first in range(0, size, EVAL_BATCH_SIZE):
+        yield data.batch(split, torch.arange(first, min(first + EVAL_BATCH_SIZE, size)))
 
 
 def train_model(
@@ -87,8 +91,9 @@ def train_model(
     seed: int,
     on_epoch: EpochCallback | None = None,
     device: torch.device | str | None = None,
+    eval_split: str = "val",
 ) -> TrainResult:
-    """Train ``model`` in place for ``epochs``; returns per-epoch validation accuracy."""
+    """Train ``model`` in place for ``epochs``; returns per-epoch accuracy on ``eval_split``."""
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     optimizer = torch.optim.SGD(
@@ -96,8 +101,8 @@ def train_model(
         weight_decay=hyperparams.weight_decay,
     )
     generator = torch.Generator().manual_seed(seed)
-    train_size = len(data.train)
-    batch_size = max(1, min(hyperparams.batch_size, train_size))
+    batch_size = max(1, min(hyperparams.batch_size, len(data.train)))
+    objective = cross_entropy_objective(model)
     accuracies: list[float] = []
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -106,43 +111,32 @@ def train_model(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(hyperparams, epoch, epochs)
             model.train()
-            order = torch.randperm(train_size, generator=generator)
-            # A last batch of one sample breaks BatchNorm in train mode: drop it.
-            stop = train_size if train_size % batch_size != 1 else train_size - 1
-            for step, first in enumerate(range(0, stop, batch_size)):
-                images, labels = data.batch("train", order[first:first + batch_size], generator)
-                loss = F.cross_entropy(model(images.to(device)), labels.to(device))
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(epoch + 1, step, float(loss.detach()))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            accuracy = evaluate(model, data, device=device)
+            train_epoch(train_batches(data, batch_size, generator), objective,
+                        lambda: (optimizer,), epoch=epoch + 1, device=device)
+            accuracy = evaluate(model, data, device=device, split=eval_split)
             accuracies.append(accuracy)
             if on_epoch is not None:
                 on_epoch(epoch + 1, accuracy)
     return TrainResult(tuple(accuracies), time.perf_counter() - start)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, device: torch.device | str | None = None) -> float:
-    """Top-1 accuracy of ``model`` on the validation split, as a fraction."""
+def evaluate(model: nn.Module, data: Dataset, device: torch.device | str | None = None,
+             split: str = "val") -> float:
+    """Top-1 accuracy of ``model`` on ``split`` ("val" or "test"), as a fraction."""
     device = torch.device(device) if device is not None else default_device()
-    model.eval()
-    correct = 0
-    for first in range(0, len(data.val), EVAL_BATCH_SIZE):
-        indices = torch.arange(first, min(first + EVAL_BATCH_SIZE, len(data.val)))
-        images, labels = data.batch("val", indices)
-        predictions = model(images.to(device)).argmax(dim=1).cpu()
-        correct += int((predictions == labels).sum())
-    return correct / max(1, len(data.val))
+    if len(data.split(split)) == 0:
+        return 0.0
+    return evaluate_batches(model, eval_batches(data, split), device)
 
 
 def reinitialise(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model`` with fresh weights: ``reset_parameters()`` on every submodule
     that has one, drawn from the global RNG forked and seeded with ``seed`` (so the caller's
     RNG stream is untouched). Raises ``FxPruneError`` naming any parameter left over, since a
-    proxy that keeps pruned-at-init weights would tune for fine-tuning, not training."""
+    proxy that keeps pruned-at-init weights would tune for fine-tuning, not training.
+
+    PyTorch's defaults, not the model's own initialisation: the HPO networks are rebuilt
+    with their own init instead (``hpo.network``); this stays for models given as objects."""
     fresh = copy.deepcopy(model)
     covered: set[int] = set()
     with torch.random.fork_rng(devices=[]):
@@ -155,7 +149,7 @@ def reinitialise(model: nn.Module, seed: int) -> nn.Module:
     leftovers = [name for name, p in fresh.named_parameters() if id(p) not in covered]
     if leftovers:
         raise FxPruneError(f"cannot reinitialise parameter(s) {', '.join(leftovers[:5])}: their "
-                         "module has no reset_parameters()")
+                           "module has no reset_parameters()")
     return fresh
 
 
@@ -164,9 +158,11 @@ __all__ = [
     "TrainingDiverged",
     "decay_milestones",
     "default_device",
+    "eval_batches",
     "evaluate",
     "learning_rate",
     "reinitialise",
     "threads_per_worker",
+    "train_batches",
     "train_model",
 ]

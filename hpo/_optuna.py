@@ -1,0 +1,49 @@
+"""Every use of Optuna's private attributes, in one place.
+
+Optuna's public ``Study`` API has no way to write to a trial that is not the one being
+asked/told (marking an abandoned RUNNING trial FAIL, reading a trial by its storage id), so
+the driver reaches into ``Study._storage`` and ``FrozenTrial._trial_id``. If Optuna
+renames them, this module is the only one to change; ``tests/hpo`` exercise each helper.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage object behind ``study``."""
+    return study._storage
+
+
+def trial_id(trial: optuna.trial.FrozenTrial | optuna.Trial) -> int:
+    """The storage-wide id of ``trial`` (unlike ``number``, unique across studies)."""
+    return trial._trial_id
+
+
+def study_id(study: optuna.Study) -> int:
+    """The storage id of ``study`` (creation order: a later study has a larger id)."""
+    return study._study_id
+
+
+def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The stored state of a live ``trial``."""
+    return storage_of(study).get_trial(trial_id(trial))
+
+
+def set_user_attr(study: optuna.Study, trial: Any, key: str, value: Any) -> None:
+    """Set a user attribute of any RUNNING trial of ``study``, not only one we hold."""
+    storage_of(study).set_trial_user_attr(trial_id(trial), key, value)
+
+
+def fail(study: optuna.Study, trial: Any) -> None:
+    """Mark a RUNNING trial FAIL (it may belong to another, dead process)."""
+    from optuna.trial import TrialState
+
+    storage_of(study).set_trial_state_values(trial_id(trial), TrialState.FAIL)
+
+
+__all__ = ["fail", "frozen", "set_user_attr", "storage_of", "study_id", "trial_id"]

@@ -1,0 +1,174 @@
+"""What a run is: ``HpoConfig`` (every option, round-trips through JSON), ``Job`` (one study
+to run) and ``Snapshot`` (progress for a display). Validation that needs no I/O happens
+here; the coordinator (``hpo.driver.ProxyHpo``) checks model, scorer and data before
+anything is stored."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fxprune.errors import ConfigError
+from hpo.registry import PRUNERS, SAMPLERS
+from hpo.space import SearchSpace
+
+MODES = ("typical", "proxy", "final")
+# Seeds of final runs and of the shared rank configurations live far from the search
+# trials' seeds (seed + 1 + trial number), so no "independent" final run replays a trial.
+FINAL_SEED_OFFSET = 1_000_000
+RANK_SEED_OFFSET = 2_000_000
+STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class HpoConfig:
+    """Everything a run needs; round-trips through ``to_dict``/``from_dict``."""
+
+    model: str
+    data: str = "digits"
+    out: str = "runs/hpo"
+    mode: str = "proxy"
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    trials: int = 50
+    epochs: int = 160
+    seeds: int = 3
+    seed: int = 0
+    workers: int = 1
+    ratio: float = 0.85
+    min_ratio: float = 0.15
+    scorer: str = "synflow"
+    space: SearchSpace = field(default_factory=SearchSpace)
+    kendall_k: int = 8
+    data_dir: str | None = None
+    image_size: int | None = None
+    storage: str | None = None
+    threads: int | None = None  # torch intra-op threads per worker; None: cores // workers
+    repeats: int = 1  # compare: independent replicates with their own sampler seeds
+    study_name: str | None = None  # prefix of every study: several experiments in one database
+    train_size: int | None = None  # cap on the train split (seeded, stratified subset)
+    eval_size: int | None = None  # cap on the validation and test splits
+    heartbeat: float = 10.0  # seconds between liveness stamps of a running trial
+
+    def __post_init__(self) -> None:
+        if isinstance(self.space, dict):
+            object.__setattr__(self, "space", SearchSpace.from_dict(self.space))
+        checks = [
+            (self.mode in MODES, f"mode {self.mode!r}: choose one of {', '.join(MODES)}"),
+            (self.sampler in SAMPLERS,
+             f"sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}"),
+            (self.pruner in PRUNERS, f"pruner {self.pruner!r}: choose one of {', '.join(PRUNERS)}"),
+            (self.trials >= 1, f"--trials must be at least 1, got {self.trials}"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.seeds >= 0, f"--seeds must be 0 or more, got {self.seeds}"),
+            (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
+            (self.threads is None or self.threads >= 1,
+             f"--threads must be at least 1, got {self.threads}"),
+            (0.0 < self.ratio < 1.0, f"--ratio must be in (0, 1), got {self.ratio}"),
+            (0.0 < self.min_ratio <= 1.0, f"--min-ratio must be in (0, 1], got {self.min_ratio}"),
+            (self.kendall_k == 0 or self.kendall_k >= 2,
+             f"--kendall-k must be 0 (off) or at least 2, got {self.kendall_k}"),
+            (self.storage is None or "://" in self.storage,
+             f"--storage {self.storage!r} is not a database URL (e.g. sqlite:///hpo.db)"),
+            (self.repeats >= 1, f"--repeats must be at least 1, got {self.repeats}"),
+            (self.study_name is None or bool(STUDY_NAME_PATTERN.fullmatch(self.study_name)),
+             f"--study-name {self.study_name!r}: use letters, digits, '_', '-', '.' (<= 64)"),
+            (self.heartbeat > 0, f"--heartbeat must be > 0 seconds, got {self.heartbeat}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["space"] = self.space.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HpoConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> HpoConfig:
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self, role: str, data_digest: str | None = None) -> dict[str, Any]:
+        """The options a study's results depend on: resuming with others is refused. The
+        data enters by its content digest, not its path (machines mount it differently)."""
+        keys = ["model", "data", "image_size", "epochs", "seed", "train_size", "eval_size"]
+        data = {k: getattr(self, k) for k in keys}
+        data["data_digest"] = data_digest
+        data["space"] = self.space.to_dict()
+        if role == "proxy":
+            data.update(ratio=self.ratio, min_ratio=self.min_ratio, scorer=self.scorer)
+        return data
+
+    def study(self, name: str) -> str:
+        """The stored name of stage ``name`` (``--study-name`` prefixes every stage)."""
+        return name if self.study_name is None else f"{self.study_name}:{name}"
+
+    def final_seeds(self) -> list[int]:
+        return [self.seed + FINAL_SEED_OFFSET + i for i in range(self.seeds)]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One study to run: a search (``budget`` trials, sampler + pruner) or a planned list."""
+
+    name: str
+    role: str  # "base" or "proxy"
+    kind: str  # "search", "final" or "rank"
+    budget: int
+    planned: tuple[dict[str, Any], ...] = ()  # user_attrs of each planned trial
+    save_models: bool = False
+    source: str | None = None  # for finals: the study whose best set is trained
+    sampler_seed: int = 0  # searches: the repeat's seed for this arm
+
+    @property
+    def eval_split(self) -> str:
+        """Searches and rank configurations are judged on validation, finals on test."""
+        return "test" if self.kind == "final" else "val"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        return cls(**{**data, "planned": tuple(data["planned"])})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Progress of the running study, for a progress display."""
+
+    study: str
+    done: int
+    budget: int
+    trial: int | None = None
+    epoch: int = 0
+    epochs: int = 0
+    value: float | None = None
+    best: float | None = None
+    event: str | None = None  # a line worth printing: a failed or diverged trial
+
+
+ProgressCallback = Callable[[Snapshot], None]
+
+
+def digest(data: Any) -> str:
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def arm_seed(config: HpoConfig, repeat: int, arm: str) -> int:
+    """The sampler seed of one arm in one repeat: distinct per repeat AND per arm, so the
+    two arms do not share their random start-up points."""
+    return int(digest([config.seed, repeat, arm]), 16) % 2**31
+
+
+__all__ = ["FINAL_SEED_OFFSET", "MODES", "RANK_SEED_OFFSET", "HpoConfig", "Job",
+           "ProgressCallback", "Snapshot", "arm_seed", "digest"]

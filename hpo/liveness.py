@@ -1,0 +1,235 @@
+"""Who runs which trial, whether they are still alive, and how a trial is claimed.
+
+A claimed trial is stamped with its owner (host, pid, process start time, heartbeat
+interval) and, while it runs, a heartbeat thread stamps the time every ``--heartbeat``
+seconds (journal and RDB alike: the driver uses ask/tell, and Optuna only beats inside
+``study.optimize``). A RUNNING trial is abandoned when
+
+* its owner is on this host and the process is gone (pid dead, zombie or reused), or it is
+  this very process and no longer running it;
+* its owner is on another host and its last heartbeat is older than three intervals
+  (plus two seconds): the machine died or lost the database;
+* it was never stamped and is over a minute old.
+
+An abandoned trial is marked FAIL with ``reason`` "interrupted ..." and its params and
+plan are enqueued again; interrupted trials do not count toward the budget, so a study
+killed at any point ends with exactly ``trials`` finished trials, none lost and none
+repeated. A trial that FAILED (bad data, an exception) is retried once on the next run of
+the command: it is listed under the study attribute ``retried:<number>`` and its point is
+enqueued again (failures are usually fixed between runs; a second failure stays).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpo import _optuna
+from hpo.config import HpoConfig, Job
+from hpo.registry import SAMPLERS
+from hpo.storage import claim_lock
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger("hpo")
+
+INTERRUPTED = "interrupted"
+RETRIED_PREFIX = "retried:"
+UNSTAMPED_GRACE_S = 60.0  # a RUNNING trial with no owner yet, older than this, is abandoned
+HOST_ENV = "FXPRUNE_HPO_HOST"  # tests stand in for several machines on one host
+
+_ACTIVE_TRIALS: set[int] = set()  # storage trial ids this process is running right now
+
+
+def host_name() -> str:
+    return os.environ.get(HOST_ENV) or socket.gethostname()
+
+
+def process_start(pid: int) -> str | None:
+    """Start time of a live process (``/proc/<pid>/stat`` field 22); None if dead/zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def owner_stamp(config: HpoConfig) -> dict[str, Any]:
+    return {"host": host_name(), "pid": os.getpid(), "start": process_start(os.getpid()),
+            "heartbeat_s": config.heartbeat}
+
+
+def owner_alive(trial: optuna.trial.FrozenTrial, now: float | None = None) -> bool:
+    """Whether the process running ``trial`` may still be alive (module docstring)."""
+    owner = trial.user_attrs.get("owner")
+    if owner is None:  # asked for but not yet stamped: stale only once clearly abandoned
+        started = trial.datetime_start
+        return started is None or (datetime.now() - started).total_seconds() < UNSTAMPED_GRACE_S
+    if owner.get("host") != host_name():
+        beat = trial.user_attrs.get("heartbeat")
+        if beat is None:
+            return True  # an old run without heartbeats: we cannot tell
+        grace = 3 * float(owner.get("heartbeat_s", 10.0)) + 2.0
+        return (now or time.time()) - float(beat) <= grace
+    pid = int(owner.get("pid", -1))
+    if pid == os.getpid() and owner.get("start") == process_start(pid):
+        return _optuna.trial_id(trial) in _ACTIVE_TRIALS
+    if Path("/proc").is_dir():  # dead, zombie, or the pid reused by a later process
+        start = process_start(pid)
+        return start is not None and start == owner.get("start")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Heartbeat:
+    """Stamps ``heartbeat`` on a running trial every ``interval`` seconds, on a thread."""
+
+    def __init__(self, study: optuna.Study, trial: Any, interval: float) -> None:
+        self.study, self.trial, self.interval = study, trial, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="hpo-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                _optuna.set_user_attr(self.study, self.trial, "heartbeat", time.time())
+            except Exception:  # noqa: BLE001 - finished meanwhile, or the storage blinked
+                if self._stop.is_set():
+                    return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def retried_numbers(study: optuna.Study) -> set[int]:
+    return {int(k.removeprefix(RETRIED_PREFIX)) for k in study.user_attrs
+            if k.startswith(RETRIED_PREFIX)}
+
+
+def is_interrupted(trial: optuna.trial.FrozenTrial, retried: set[int] = frozenset()) -> bool:
+    return (str(trial.user_attrs.get("reason", "")).startswith(INTERRUPTED)
+            or trial.number in retried)
+
+
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    keep = {k: v for k, v in trial.user_attrs.items()
+            if k in ("seed", "plan_key", "hyperparams", "retries")}
+    keep["retries"] = int(keep.get("retries", 0)) + 1
+    keep["retry_of"] = trial.number
+    study.enqueue_trial(dict(trial.params), user_attrs=keep)
+
+
+def retire_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str) -> None:
+    """Mark ``trial`` FAIL (reason "interrupted ...") and enqueue its params and plan again."""
+    _optuna.set_user_attr(study, trial, "reason", f"{INTERRUPTED}: {why}")
+    _optuna.fail(study, trial)
+    _requeue(study, trial)
+    logger.warning("trial %d of %s interrupted (%s); its params are queued again",
+                   trial.number, study.study_name, why)
+
+
+def retry_failures(study: optuna.Study) -> int:
+    """Queue again, once, every trial that FAILED in an earlier run (see module doc)."""
+    from optuna.trial import TrialState
+
+    retried = retried_numbers(study)
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if not is_interrupted(t, retried) and int(t.user_attrs.get("retries", 0)) < 1]
+    for trial in failed:
+        study.set_user_attr(f"{RETRIED_PREFIX}{trial.number}", trial.user_attrs.get("reason"))
+        _requeue(study, trial)
+    if failed:
+        logger.warning("%s: %d failed trial(s) queued again", study.study_name, len(failed))
+    return len(failed)
+
+
+def recover_stale(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    now = time.time()
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if not owner_alive(t, now)]
+    for trial in stale:
+        owner = trial.user_attrs.get("owner") or {}
+        where = "on another machine, no heartbeat" if owner.get("host") not in (
+            None, host_name()) else "its process is gone"
+        retire_interrupted(study, trial, where)
+    return len(stale)
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial, retried: set[int]) -> bool:
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.FAIL:
+        return not is_interrupted(trial, retried)
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def finished(trial: optuna.trial.FrozenTrial, retried: set[int] = frozenset()) -> bool:
+    return trial.state.is_finished() and not is_interrupted(trial, retried)
+
+
+def work_left(study: optuna.Study, job: Job) -> bool:
+    from optuna.trial import TrialState
+
+    if job.kind != "search":
+        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    retried = retried_numbers(study)
+    used = sum(counts_toward_budget(t, retried) for t in study.get_trials(deepcopy=False))
+    return used < job.budget
+
+
+def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def claim(study: optuna.Study, job: Job, config: HpoConfig) -> optuna.Trial | None:
+    """Under the claim lock: recover stale trials, check the budget, ask for a trial."""
+    import warnings
+
+    with claim_lock(config):
+        recover_stale(study)
+        if not work_left(study, job):
+            return None
+        if job.kind == "search":
+            existing = len(study.get_trials(deepcopy=False))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning of multivariate TPE
+                study.sampler = SAMPLERS[config.sampler](
+                    (job.sampler_seed * 1_000_003 + existing) % 2**31, config.trials)
+        trial = study.ask()
+        trial.set_user_attr("owner", owner_stamp(config))
+        trial.set_user_attr("heartbeat", time.time())
+        if "seed" not in trial.user_attrs:  # below FINAL_SEED_OFFSET: never a final's seed
+            trial.set_user_attr("seed", 1 + (job.sampler_seed + trial.number) % 900_000)
+        _ACTIVE_TRIALS.add(_optuna.trial_id(trial))
+        return trial
+
+
+def release(trial: Any) -> None:
+    _ACTIVE_TRIALS.discard(_optuna.trial_id(trial))
+
+
+__all__ = ["INTERRUPTED", "Heartbeat", "claim", "counts_toward_budget", "finished",
+           "host_name", "is_interrupted", "owner_alive", "recover_stale", "release",
+           "retire_interrupted", "retried_numbers", "retry_failures", "running", "work_left"]

@@ -1,0 +1,123 @@
+"""The data and the networks a trial trains.
+
+The model's own initialisation is used everywhere: every network is REBUILT by its
+builder (``fxprune:NAME``, ``torchvision:NAME``, ``build_model()`` of a model file) under
+``torch.manual_seed(seed)``, so whatever the constructor does (Kaiming fan-out for the
+built-in ResNets, a user's ``init_weights``) is what a trial starts from. The proxy is the
+base network pruned ONCE, at its initialisation with ``config.seed`` (so every worker and
+machine prunes the same channels); a proxy trial then rebuilds the base with the trial's
+seed and applies that same plan (``fxprune.apply_plan``): the slim network starts from
+the model's own init, drawn anew. Rule for user models: put the initialisation in the
+constructor (or in ``build_model()``); it must draw from torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hpo.config import HpoConfig
+from hpo.report import ProxyInfo
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hpo.data import Dataset
+
+_DATA_CACHE: dict[tuple[Any, ...], Dataset] = {}
+
+
+def load_data(config: HpoConfig) -> Dataset:
+    """The run's three-way split dataset, cached per process (a compare loads it once)."""
+    from hpo.data import load_dataset
+
+    key = (config.data, config.data_dir, config.seed, config.image_size, config.train_size,
+           config.eval_size)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_dataset(config.data, config.data_dir, seed=config.seed,
+                                        image_size=config.image_size, holdout=True,
+                                        train_size=config.train_size,
+                                        eval_size=config.eval_size)
+    return _DATA_CACHE[key]
+
+
+def build_model(config: HpoConfig, data: Dataset, seed: int) -> tuple[nn.Module, Any]:
+    """The base network with its own initialisation drawn from ``seed``, and example inputs;
+    the caller's RNG stream is untouched."""
+    from fxprune.loading import load_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_model(config.model, input_shape=data.input_shape,
+                          num_classes=data.num_classes)
+
+
+class NetworkFactory:
+    """Builds the network a trial trains: the base network, or the pruned proxy, each time
+    with the model's own initialisation drawn from the trial's seed."""
+
+    def __init__(self, config: HpoConfig, data: Dataset, role: str) -> None:
+        self.config, self.data, self.role = config, data, role
+        # The network pruned at initialisation: seeded, so every worker prunes the same.
+        self.base, self.example_inputs = build_model(config, data, config.seed)
+        self.template: nn.Module = self.base
+        self.plan: Any = None
+        self.proxy_info: ProxyInfo | None = None
+        if role == "proxy":
+            import fxprune
+
+            start = time.perf_counter()
+            result = fxprune.prune(self.base, self.example_inputs, ratio=config.ratio,
+                                   min_ratio=config.min_ratio, scorer=config.scorer)
+            self.template, self.plan = result.model, result.plan
+            macs_before = getattr(result, "macs_before", None)
+            macs_after = getattr(result, "macs_after", None)
+            self.proxy_info = ProxyInfo(
+                params_before=int(result.params_before), params_after=int(result.params_after),
+                flops_before=int(macs_before if macs_before is not None else result.flops_before),
+                flops_after=int(macs_after if macs_after is not None else result.flops_after),
+                ratio=config.ratio, min_ratio=config.min_ratio, scorer=config.scorer,
+                prune_seconds=time.perf_counter() - start,
+            )
+
+    def make(self, seed: int) -> nn.Module:
+        """A fresh network for one training run (see the module docstring)."""
+        fresh, inputs = build_model(self.config, self.data, seed)
+        if self.plan is None:
+            return fresh
+        import fxprune
+
+        return fxprune.apply_plan(fresh, self.plan, inputs)
+
+    def warm_up(self) -> None:
+        """One forward and backward pass of each network kind on a training batch, before
+        any clock starts: first-call costs (allocator, kernels, lazy imports) are charged
+        to neither arm."""
+        network = self.make(self.config.seed)
+        network.train()
+        images, labels = self.data.batch("train", torch.arange(min(8, len(self.data.train))))
+        loss = torch.nn.functional.cross_entropy(network(images), labels)
+        loss.backward()
+
+
+_FACTORIES: dict[tuple[str, str], NetworkFactory] = {}
+
+
+def network_factory(config: HpoConfig, data: Dataset, role: str) -> NetworkFactory:
+    """The factory of ``role``, built once per process (pruning the proxy takes seconds)."""
+    key = (role, digest_of(config))
+    if key not in _FACTORIES:
+        _FACTORIES[key] = NetworkFactory(config, data, role)
+    return _FACTORIES[key]
+
+
+def digest_of(config: HpoConfig) -> str:
+    from hpo.config import digest
+
+    return digest(config.fingerprint("proxy"))
+
+
+__all__ = ["NetworkFactory", "build_model", "load_data", "network_factory"]
