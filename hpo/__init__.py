@@ -21,7 +21,8 @@ _EXPORTS = {
     "train_model": "hpo.train",
     "reinitialise": "hpo.train",
     "TrainingDiverged": "hpo.train",
-    "HpoConfig": "hpo.driver",
+    "HpoConfig": "hpo.config",
+    "ProxyHpo": "hpo.driver",
     "run": "hpo.driver",
     "compare": "hpo.driver",
     "collect_report": "hpo.driver",
@@ -31,7 +32,7 @@ _EXPORTS = {
 
 __all__ = [  # noqa: RUF022 - grouped by module, as in _EXPORTS
     "SearchSpace", "HyperParams", "Dataset", "load_dataset", "train_model", "reinitialise",
-    "TrainingDiverged", "HpoConfig", "run", "compare", "collect_report", "HpoReport", "hpo_app",
+    "TrainingDiverged", "HpoConfig", "ProxyHpo", "run", "compare", "collect_report", "HpoReport", "hpo_app",
 ]
 
 

@@ -1,22 +1,30 @@
 """``fxprune hpo``: run, compare and report HPO with a pruned proxy network.
 
-The lead's CLI mounts it with ``app.add_typer(hpo_app, name="hpo")``. A user mistake
-(``FxPruneError``) is one red line on stderr and exit code 2, never a traceback.
+``fxprune.cli`` mounts ``hpo_app``; errors go through the one wrapper of
+``fxprune.cli.common`` (a user mistake or a storage outage is one red line and exit 2;
+Ctrl-C exits 130 and SIGTERM 143, the running trial queued again). Progress is a rich
+display on a terminal and one timestamped plain line per trial and epoch otherwise (nohup,
+Slurm, CI, ``| tee``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from fxprune.errors import FxPruneError
+from hpo.data import DATASETS
+from hpo.registry import PRUNERS, SAMPLERS
 
+# Defined before fxprune.cli.common is imported: that import runs fxprune/cli/__init__.py,
+# which mounts this very object (``from hpo.cli import hpo_app``) while we are half-loaded.
 hpo_app = typer.Typer(
     help="Hyperparameter optimisation with a pruned proxy: prune the base network at init, "
          "reinitialise the slim network, search on it, train the base with the best set.",
@@ -24,13 +32,13 @@ hpo_app = typer.Typer(
     add_completion=False,
 )
 
+from fxprune.cli.common import ModelArg, cli_errors, error_line  # noqa: E402
 
-class DataName(str, Enum):
-    digits = "digits"
-    cifar10 = "cifar10"
-    cifar100 = "cifar100"
-    tinyimagenet = "tinyimagenet"
-    synthetic = "synthetic"
+INTERRUPTED = "interrupted: the running trial is queued again; re-run the same command to resume"
+
+DataName = Enum("DataName", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
+SamplerName = Enum("SamplerName", {name: name for name in SAMPLERS}, type=str)  # type: ignore[misc]
+PrunerName = Enum("PrunerName", {name: name for name in PRUNERS}, type=str)  # type: ignore[misc]
 
 
 class ModeName(str, Enum):
@@ -39,23 +47,9 @@ class ModeName(str, Enum):
     final = "final"
 
 
-class SamplerName(str, Enum):
-    tpe = "tpe"
-    gp = "gp"
-    cmaes = "cmaes"
-    random = "random"
-
-
-class PrunerName(str, Enum):
-    hyperband = "hyperband"
-    median = "median"
-    none = "none"
-
-
-ModelArg = Annotated[str, typer.Argument(
-    help="fxprune:resnet20, torchvision:resnet18, path/model.py or path/model.py:fn",
-    show_default=False)]
-DataOpt = Annotated[DataName, typer.Option(help="Dataset; cifar*/tinyimagenet need --data-dir.")]
+DataOpt = Annotated[DataName, typer.Option(
+    help="Dataset; cifar*/tinyimagenet/mnist need --data-dir (fashion-mnist defaults to "
+         "/usr/share/datasets/fashion-mnist).")]
 SamplerOpt = Annotated[SamplerName, typer.Option(help="Optuna sampler.")]
 PrunerOpt = Annotated[PrunerName, typer.Option(help="Optuna pruner (early stopping of trials).")]
 TrialsOpt = Annotated[int, typer.Option(help="Trial budget of each search (resumes count).")]
@@ -68,7 +62,15 @@ StorageOpt = Annotated[str | None, typer.Option(
 WorkersOpt = Annotated[int, typer.Option(help="Local worker processes sharing the study.")]
 SeedsOpt = Annotated[int, typer.Option(help="Seeds of the final base-network training.")]
 DataDirOpt = Annotated[Path | None, typer.Option(
-    help="Folder holding the cifar10, cifar100 or tinyimagenet files.")]
+    help="Folder holding the dataset's files (cifar10/100, tinyimagenet, mnist IDX).")]
+StudyNameOpt = Annotated[str | None, typer.Option(
+    help="Prefix of every study: several experiments share one database.")]
+TrainSizeOpt = Annotated[int | None, typer.Option(
+    help="Train on a seeded, stratified subset of this many examples.")]
+EvalSizeOpt = Annotated[int | None, typer.Option(
+    help="Cap the validation and test splits at this many examples (seeded, stratified).")]
+HeartbeatOpt = Annotated[float, typer.Option(
+    help="Seconds between liveness stamps; a trial silent for 3x this is reclaimed.")]
 SpaceOpt = Annotated[Path | None, typer.Option(
     help="TOML file overriding the search space: ranges \\[low, high] or fixed values.")]
 RatioOpt = Annotated[float, typer.Option(help="Fraction of channels pruned for the proxy.")]
@@ -83,7 +85,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress displ
 
 
 def _config(**options: Any) -> Any:
-    from hpo.driver import HpoConfig
+    from hpo.config import HpoConfig
     from hpo.space import SearchSpace
 
     space_file = options.pop("space")
@@ -98,20 +100,23 @@ def _config(**options: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    from rich.console import Console
-    from rich.text import Text
+def _hpo_errors() -> Iterator[None]:
+    """The shared wrapper, plus SIGTERM: one line and exit 143."""
+    from hpo.worker import Terminated, handle_sigterm
 
+    handle_sigterm()
     try:
-        yield
-    except FxPruneError as err:
-        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), (str(err), "red")),
-                                   soft_wrap=True)  # one line, however narrow the terminal
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        Console(stderr=True).print(Text("interrupted: re-run the same command to resume",
-                                        style="yellow"), soft_wrap=True)
-        raise typer.Exit(130) from None
+        with cli_errors(INTERRUPTED):
+            try:
+                yield
+            except Terminated:
+                error_line("terminated (SIGTERM): the running trial is queued again; re-run "
+                           "the same command to resume")
+                raise typer.Exit(143) from None
+    finally:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _ProgressDisplay:
@@ -127,15 +132,8 @@ class _ProgressDisplay:
         if task is None:
             task = self.tasks[snapshot.study] = self.progress.add_task(
                 snapshot.study, total=snapshot.budget, detail="")
-        parts = []
-        if snapshot.trial is not None:
-            parts.append(f"trial {snapshot.trial} epoch {snapshot.epoch}/{snapshot.epochs}")
-        if snapshot.value is not None:
-            parts.append(f"acc {100 * snapshot.value:.1f}%")
-        if snapshot.best is not None:
-            parts.append(f"best {100 * snapshot.best:.1f}%")
         self.progress.update(task, completed=snapshot.done, total=snapshot.budget,
-                             detail=" | ".join(parts))
+                             detail=_detail(snapshot))
         if snapshot.event:
             from rich.text import Text
 
@@ -143,8 +141,45 @@ class _ProgressDisplay:
                                              style="yellow"))
 
 
+def _detail(snapshot: Any) -> str:
+    parts = []
+    if snapshot.trial is not None:
+        parts.append(f"trial {snapshot.trial} epoch {snapshot.epoch}/{snapshot.epochs}")
+    if snapshot.value is not None:
+        parts.append(f"acc {100 * snapshot.value:.1f}%")
+    if snapshot.best is not None:
+        parts.append(f"best {100 * snapshot.best:.1f}%")
+    return " | ".join(parts)
+
+
+class PlainProgress:
+    """One timestamped line per finished epoch and per finished trial, for logs."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.last: dict[str, tuple[Any, ...]] = {}
+
+    def __call__(self, snapshot: Any) -> None:
+        if snapshot.trial is not None and snapshot.epoch == 0 and not snapshot.event:
+            return  # a trial starting: its first epoch line says enough
+        key = (snapshot.trial, snapshot.epoch, snapshot.done, snapshot.event)
+        if self.last.get(snapshot.study) == key:
+            return
+        self.last[snapshot.study] = key
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        line = f"{stamp} {snapshot.study} {snapshot.done}/{snapshot.budget}"
+        detail = _detail(snapshot)
+        line += f" {detail}" if detail else ""
+        if snapshot.event:
+            line += f" | {snapshot.event}"
+        print(line, file=self.stream, flush=True)
+
+
 @contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[_ProgressDisplay]:
+def _progress(enabled: bool) -> Iterator[Any]:
+    if enabled and not sys.stderr.isatty():
+        yield PlainProgress()
+        return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -176,12 +211,12 @@ def _finish(report: Any, out: str, started: float) -> None:
 @hpo_app.command()
 def run(
     model: ModelArg,
-    data: DataOpt = DataName.digits,
+    data: DataOpt = "digits",  # type: ignore[assignment]
     mode: Annotated[ModeName, typer.Option(
         help="typical: search on the base network; proxy: on the pruned, reinitialised "
              "network; final: only train the base with --out's best.json.")] = ModeName.proxy,
-    sampler: SamplerOpt = SamplerName.tpe,
-    pruner: PrunerOpt = PrunerName.hyperband,
+    sampler: SamplerOpt = "tpe",  # type: ignore[assignment]
+    pruner: PrunerOpt = "hyperband",  # type: ignore[assignment]
     trials: TrialsOpt = 50,
     epochs: EpochsOpt = 160,
     out: OutOpt = None,
@@ -196,6 +231,10 @@ def run(
     seed: SeedOpt = 0,
     image_size: ImageSizeOpt = None,
     threads: ThreadsOpt = None,
+    study_name: StudyNameOpt = None,
+    train_size: TrainSizeOpt = None,
+    eval_size: EvalSizeOpt = None,
+    heartbeat: HeartbeatOpt = 10.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Search hyperparameters, then train the base network with the best set.
@@ -206,15 +245,16 @@ def run(
     Re-run the same command with the same --out to resume.
     """
     started = time.perf_counter()
-    with _user_errors():
+    with _hpo_errors():
         from hpo import driver
 
         config = _config(model=model, data=data, mode=mode, sampler=sampler, pruner=pruner,
                          trials=trials, epochs=epochs,
-                         out=out or Path(f"runs/hpo-{mode.value}"), storage=storage,
+                         out=out or Path(f"runs/hpo-{ModeName(mode).value}"), storage=storage,
                          workers=workers, seeds=seeds, data_dir=data_dir, space=space,
                          ratio=ratio, min_ratio=min_ratio, scorer=scorer, seed=seed,
-                         image_size=image_size, threads=threads)
+                         image_size=image_size, threads=threads, study_name=study_name,
+                         train_size=train_size, eval_size=eval_size, heartbeat=heartbeat)
         with _progress(enabled=not quiet) as progress:
             report = driver.run(config, progress)
     _finish(report, config.out, started)
@@ -223,9 +263,9 @@ def run(
 @hpo_app.command()
 def compare(
     model: ModelArg,
-    data: DataOpt = DataName.digits,
-    sampler: SamplerOpt = SamplerName.tpe,
-    pruner: PrunerOpt = PrunerName.hyperband,
+    data: DataOpt = "digits",  # type: ignore[assignment]
+    sampler: SamplerOpt = "tpe",  # type: ignore[assignment]
+    pruner: PrunerOpt = "hyperband",  # type: ignore[assignment]
     trials: TrialsOpt = 50,
     epochs: EpochsOpt = 160,
     out: OutOpt = None,
@@ -243,16 +283,24 @@ def compare(
         help="Shared random configurations trained on both networks for Kendall's tau "
              "(0: skip).")] = 8,
     threads: ThreadsOpt = None,
+    repeats: Annotated[int, typer.Option(
+        help="Independent replicates, each with its own sampler seeds; the report gives "
+             "mean and 95% CI of gap, time reduction and tau.")] = 1,
+    study_name: StudyNameOpt = None,
+    train_size: TrainSizeOpt = None,
+    eval_size: EvalSizeOpt = None,
+    heartbeat: HeartbeatOpt = 10.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Typical vs proxy HPO: time saved, accuracy gap, Kendall's tau.
 
-    Both searches use the same sampler, seed, trials and epochs.
+    Both searches use the same sampler, trials and epochs; searches see the validation
+    split, final runs report the test split; --repeats R replicates with new seeds.
     Each winner then trains the base network over --seeds seeds.
     --kendall-k shared random configurations train on both networks (rank agreement).
     """
     started = time.perf_counter()
-    with _user_errors():
+    with _hpo_errors():
         from hpo import driver
 
         config = _config(model=model, data=data, mode="proxy", sampler=sampler, pruner=pruner,
@@ -260,7 +308,8 @@ def compare(
                          storage=storage, workers=workers, seeds=seeds, data_dir=data_dir,
                          space=space, ratio=ratio, min_ratio=min_ratio, scorer=scorer,
                          seed=seed, image_size=image_size, kendall_k=kendall_k,
-                         threads=threads)
+                         threads=threads, repeats=repeats, study_name=study_name,
+                         train_size=train_size, eval_size=eval_size, heartbeat=heartbeat)
         with _progress(enabled=not quiet) as progress:
             report = driver.compare(config, progress)
     _finish(report, config.out, started)
@@ -277,7 +326,7 @@ def report(
     Works on an unfinished or interrupted run too: everything is read from its storage.
     """
     started = time.perf_counter()
-    with _user_errors():
+    with _hpo_errors():
         from hpo import driver
 
         config, command = driver.load_run(run_dir, storage)

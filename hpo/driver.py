@@ -89,6 +89,7 @@ class ProxyHpo:
         self.config = config
         self.progress = progress
         self.out = Path(config.out)
+        worker.quiet_optuna()
 
     # -- before anything is stored ---------------------------------------------------------
     def validate(self, roles: tuple[str, ...]) -> None:
