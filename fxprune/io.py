@@ -194,7 +194,8 @@ class OutputFolder:
         resolved = path.resolve()
         for item in protect:
             if _is_within(Path(os.path.abspath(item)).resolve(), resolved):
-                raise OutputError(f"{option} {path} contains {item}; choose another folder")
+                raise OutputError(f"{option} {path} contains {item}, which fxprune never deletes; "
+                                  "choose another folder")
         entries = sorted(entry.name for entry in path.iterdir())
         if not entries:
             return

@@ -252,12 +252,28 @@ def _expected_rank(model: nn.Module) -> int | None:
     return None
 
 
+def _required_inputs(model: nn.Module) -> list[str]:
+    """Names of the positional ``forward`` parameters without a default."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+
+
 def _check_batch_dims(spec: str, model: nn.Module, specs: Sequence[InputSpec],
                       reference: Sequence[torch.Tensor] | None) -> None:
     if reference is not None and len(reference) != len(specs):
         raise ModelLoadError(
             f"{spec}: {len(specs)} --input-shape given, the model takes {len(reference)} inputs "
             "(give one per input, in order)"
+        )
+    required = _required_inputs(model)
+    if reference is None and len(specs) < len(required):
+        raise ModelLoadError(
+            f"{spec}: forward takes {len(required)} inputs ({', '.join(required)}) but "
+            f"{len(specs)} --input-shape given; give one per input, in order"
         )
     for index, item in enumerate(specs):
         if reference is not None:
@@ -362,7 +378,10 @@ def _call_builder(where: str, builder: Callable[..., object], num_classes: int |
         except (TypeError, ValueError):
             parameters = {}
         if "num_classes" not in parameters:
-            raise ModelLoadError(f"{where} takes no num_classes argument; drop --num-classes")
+            raise ModelLoadError(
+                f"{where} takes no num_classes argument, but the model is built for the "
+                "dataset's classes: define build_model(num_classes=10)"
+            )
         kwargs["num_classes"] = num_classes
     try:
         return builder(**kwargs)
@@ -395,8 +414,8 @@ def _load_file(
     if isinstance(found, nn.Module):  # a ready-built instance: callable, but not a builder
         if num_classes is not None:
             raise ModelLoadError(
-                f"{where} is a ready-built model; drop --num-classes or "
-                "define build_model(num_classes)"
+                f"{where} is a ready-built model, but the model is built for the dataset's "
+                "classes: define build_model(num_classes=10) instead"
             )
         model = found
     elif callable(found) and (named_by_user or attr_name == "build_model"):

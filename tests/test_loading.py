@@ -237,3 +237,52 @@ def test_builtin_model() -> None:
 
 def test_builtin_unknown_name() -> None:
     assert_one_line_error("fxprune:resnet57", r"unknown built-in model 'resnet57'.*resnet56")
+
+
+# --- input specs (issue 13) -------------------------------------------------------------
+
+
+def test_train_prune_contract_names_the_builder_not_a_missing_option(tmp_path: Path) -> None:
+    path = write_model_file(tmp_path, "def build_model():\n    return TinyNet()\n")
+    error = assert_one_line_error(str(path), r"define build_model\(num_classes=10\)",
+                                  num_classes=3, input_shape=(1, 3, 4, 4))
+    assert "--num-classes" not in str(error)
+    ready = write_model_file(tmp_path, "model = TinyNet()\n", name="ready.py")
+    error = assert_one_line_error(str(ready), "ready-built", num_classes=3)
+    assert "--num-classes" not in str(error)
+
+
+def test_input_specs_give_dtypes_and_ranges(tmp_path: Path) -> None:
+    from fxprune.loading import InputSpec, make_inputs
+
+    tokens, image = make_inputs([InputSpec.parse("2,40:int64:5-9"), InputSpec.parse("2,3,4,4")])
+    assert tokens.dtype == torch.int64 and tokens.shape == (2, 40)
+    assert int(tokens.min()) >= 5 and int(tokens.max()) <= 8
+    assert image.dtype == torch.float32
+    # one float spec draws exactly what a plain shape always drew
+    (single,) = make_inputs([InputSpec((1, 3, 4, 4))])
+    assert torch.equal(single, torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)))
+    assert InputSpec.parse("1,5:bool").make(torch.Generator()).dtype == torch.bool
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("1,40:int65", "unknown dtype"),
+    ("1,40:int64:9-5", "LOW < HIGH"),
+    ("1,40:int64:a-b", "LOW-HIGH"),
+    ("1,40:float32:0-5", "integer inputs"),
+])
+def test_bad_input_specs(text: str, fragment: str) -> None:
+    from fxprune.loading import InputSpec
+
+    with pytest.raises(ConfigError, match=fragment):
+        InputSpec.parse(text)
+
+
+def test_a_shape_without_batch_dim_is_refused(tmp_path: Path) -> None:
+    path = write_model_file(tmp_path, "model = TinyNet()\n")
+    assert_one_line_error(str(path), r"no batch dimension.*--input-shape 1,3,8,8",
+                          input_shape="3,8,8")
+    assert_one_line_error("torchvision:resnet18", "no batch dimension", input_shape="3,64,64")
+    assert_one_line_error("fxprune:resnet20", "no batch dimension", input_shape="32")
+    _, (x,) = load_model(str(path), input_shape=["2,3,8,8"])
+    assert x.shape == (2, 3, 8, 8)

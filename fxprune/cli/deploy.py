@@ -113,7 +113,7 @@ def profile_command(
     from fxprune import io
     from fxprune.deploy.dense_vs_slim import profile_models
     from fxprune.deploy.report import sweep_plot
-    from fxprune.loading import load_model
+    from fxprune.loading import InputSpec, load_model
 
     set_threads(threads)
     batch_sizes = parse_batch_sizes(batch)
@@ -130,13 +130,13 @@ def profile_command(
     json_path = io.check_output_file(json_out, "--json") if json_out is not None else None
     plot_path = io.check_output_file(plot or DEFAULT_SWEEP_PLOT, "--plot") if sweep_ratios else None
 
-    dense, example_inputs = load_model(model, input_shape or None)
-    slim_model, slim_name = None, None
+    slim_model, slim_name, shapes = None, None, input_shape or None
     if slim is not None:
-        slim_model, slim_inputs, _ = io.read_slim(slim)
-        if not input_shape:  # the inputs the slim model was saved with (dtypes, ranges)
-            example_inputs = slim_inputs
+        slim_model, _, meta = io.read_slim(slim)
         slim_name = f"slim: {slim}"
+        if shapes is None:  # the inputs the slim model was saved with (dtypes, ranges)
+            shapes = [InputSpec.from_dict(item) for item in meta["inputs"]]
+    dense, example_inputs = load_model(model, shapes)
 
     def pruned(at_ratio: float) -> Any:
         import fxprune

@@ -1,0 +1,161 @@
+"""fxprune.io: atomic files and folders with one permission policy, safe --force, one-line
+readers for fxprune's own files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from fxprune import io
+from fxprune.errors import OutputError, PlanError
+from fxprune.loading import InputSpec
+
+
+def test_atomic_files_are_0644_and_leave_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "sub" / "a.json"
+    io.atomic_write_json(target, {"x": 1})
+    assert json.loads(target.read_text()) == {"x": 1}
+    assert target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash while writing")
+    assert json.loads(target.read_text()) == {"x": 1}  # the old file is untouched
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.json"]
+    with io.atomic_path(tmp_path / "plot.png") as tmp:
+        assert tmp.suffix == ".png"  # writers that look at the suffix still work
+
+
+def test_folder_is_0755_and_the_old_one_stays_until_the_new_one_is_in(tmp_path):
+    out = tmp_path / "out"
+    folder = io.OutputFolder.prepare(out)
+    with folder.staging() as tmp:
+        io.atomic_write_text(tmp / io.PLAN_FILE, "first")
+        assert not out.exists()  # nothing visible before it is complete
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / io.PLAN_FILE).read_text() == "first"
+
+    folder = io.OutputFolder.prepare(out, force=True)
+    with pytest.raises(KeyboardInterrupt), folder.staging() as tmp:
+        io.atomic_write_text(tmp / io.PLAN_FILE, "second")
+        raise KeyboardInterrupt
+    assert (out / io.PLAN_FILE).read_text() == "first"
+    with folder.staging() as tmp:
+        io.atomic_write_text(tmp / io.PLAN_FILE, "second")
+    assert (out / io.PLAN_FILE).read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_force_replaces_only_fxprune_folders(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OutputError, match="--force"):  # ours, but not forced
+        (out / io.META_FILE).write_text("{}")
+        io.OutputFolder.prepare(out)
+    io.OutputFolder.prepare(out, force=True)
+    (out / "train.py").write_text("user code")
+    with pytest.raises(OutputError, match=r"fxprune did not write \(train.py\)"):
+        io.OutputFolder.prepare(out, force=True)
+    (out / "train.py").unlink()
+    (out / "data").mkdir()  # a sub-folder is never fxprune's
+    with pytest.raises(OutputError, match="data"):
+        io.OutputFolder.prepare(out, force=True)
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    with pytest.raises(OutputError, match="symbolic link"):
+        io.OutputFolder.prepare(link, force=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    io.OutputFolder.prepare(empty)  # an empty folder holds nothing to lose
+
+
+def test_writability_is_probed(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        io.OutputFolder.prepare(tmp_path / "file" / "out")
+    with pytest.raises(OutputError, match="cannot write"):
+        io.check_output_file("/proc/fxprune-test.onnx")
+    with pytest.raises(OutputError, match="is a folder"):
+        io.check_output_file(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe left nothing
+
+
+@pytest.mark.parametrize("text,fragment", [
+    (None, "not found"),
+    ("", "is empty"),
+    ('{"modules": {', "is not valid JSON"),
+    ("[1, 2]", "holds a JSON list"),
+])
+def test_read_json_fails_in_one_line_naming_the_file(text, fragment, tmp_path):
+    path = tmp_path / "plan.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(PlanError, match=fragment) as info:
+        io.read_json(path, "plan file")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+class IntAndFloat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 4)
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, ids, scale):
+        return {"out": self.proj(self.embed(ids)) * scale, "ids": ids}
+
+
+def test_write_and_read_slim_keep_dtypes_ranges_names_and_outputs(tmp_path):
+    model = torch.fx.symbolic_trace(IntAndFloat())
+    inputs = (torch.randint(3, 30, (2, 7)), torch.randn(2, 7, 1))
+    io.write_slim(tmp_path, model, inputs, {"model": "x"})
+    loaded, (ids, scale), meta = io.read_slim(tmp_path)
+    assert ids.dtype == torch.int64 and 3 <= int(ids.min()) and int(ids.max()) < 30
+    assert scale.dtype == torch.float32 and scale.shape == (2, 7, 1)
+    assert [item["name"] for item in meta["inputs"]] == ["ids", "scale"]
+    assert meta["outputs"] == {"kind": "dict", "keys": ["out", "ids"],
+                               "items": [{"kind": "tensor"}, {"kind": "tensor"}]}
+    assert io.output_names(meta["outputs"]) == ["out", "ids"]
+    assert meta["model"] == "x" and meta["input_shapes"] == [[2, 7], [2, 7, 1]]
+    assert loaded(ids, scale)["out"].shape == (2, 7, 4)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {
+        io.SLIM_FILE: 0o644, io.META_FILE: 0o644}
+
+
+def test_version_1_meta_still_loads_as_float_inputs(tmp_path):
+    model = torch.fx.symbolic_trace(nn.Conv2d(3, 4, 1))
+    torch.save(model, tmp_path / io.SLIM_FILE)
+    (tmp_path / io.META_FILE).write_text(json.dumps({"input_shapes": [[2, 3, 5, 5]]}))
+    _, (x,), meta = io.read_slim(tmp_path)
+    assert x.shape == (2, 3, 5, 5) and x.dtype == torch.float32
+    assert meta["inputs"] == [{"shape": [2, 3, 5, 5], "dtype": "float32"}]
+
+
+@pytest.mark.parametrize("damage,fragment", [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_bytes(p.read_bytes()[:100]), "may be truncated"),
+    (lambda p: p.write_bytes(b"garbage"), "could not load"),
+])
+def test_damaged_slim_pt_fails_in_one_line(damage, fragment, tmp_path):
+    io.write_slim(tmp_path, torch.fx.symbolic_trace(nn.Conv2d(3, 4, 1)), torch.randn(1, 3, 4, 4))
+    damage(tmp_path / io.SLIM_FILE)
+    with pytest.raises(PlanError, match=fragment) as info:
+        io.read_slim(tmp_path)
+    assert str(tmp_path / io.SLIM_FILE) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_output_names_for_tuples_and_single_tensors():
+    assert io.output_names({"kind": "tensor"}) == ["output"]
+    nested = {"kind": "tuple", "arity": 2, "items": [
+        {"kind": "tensor"}, {"kind": "dict", "keys": ["a"], "items": [{"kind": "tensor"}]}]}
+    assert io.output_names(nested) == ["output_0", "output_1.a"]
+
+
+def test_input_spec_round_trip():
+    spec = InputSpec.parse("2,40:int32:5-9")
+    assert (spec.shape, spec.dtype, spec.low, spec.high) == ((2, 40), "int32", 5, 9)
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    assert os.fspath(io.META_FILE) == "meta.json"
