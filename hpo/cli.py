@@ -20,8 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hpo.data import DATASETS
-from hpo.registry import PRUNERS, SAMPLERS
+from hpo.registry import DATASETS, PRUNERS, SAMPLERS
 
 # Defined before fxprune.cli.common is imported: that import runs fxprune/cli/__init__.py,
 # which mounts this very object (``from hpo.cli import hpo_app``) while we are half-loaded.

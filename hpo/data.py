@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from fxprune.errors import ConfigError, DataError
+from hpo import registry
 
 DIGITS_IMAGE_SIZE = 16
 SYNTHETIC_IMAGE_SIZE = 8
@@ -231,8 +232,7 @@ def augment_batch(
 
 # --- the sources ---------------------------------------------------------------------------
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "tinyimagenet",
-            "synthetic")
+DATASETS = registry.DATASETS
 
 
 def load_dataset(

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 HYPERBAND_REDUCTION_FACTOR = 3
 
+# Dataset names (loaded by hpo.data); here so the command line lists them without torch.
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "tinyimagenet",
+            "synthetic")
+
 SamplerFactory = Callable[[int, int], "optuna.samplers.BaseSampler"]  # (seed, trials)
 PrunerFactory = Callable[[int, int], "optuna.pruners.BasePruner"]  # (trials, epochs)
 SAMPLERS: dict[str, SamplerFactory] = {}
@@ -116,4 +120,4 @@ def _no_pruner(trials: int, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-__all__ = ["PRUNERS", "SAMPLERS", "hyperband_settings", "register", "startup_trials"]
+__all__ = ["DATASETS", "PRUNERS", "SAMPLERS", "hyperband_settings", "register", "startup_trials"]
