@@ -1,0 +1,356 @@
+"""Coverage sweep: prune every model of a zoo with fxprune and with Torch-Pruning.
+
+Each (model, tool) pair runs in its own process with a wall-clock cap, one torch thread,
+random weights (nothing is downloaded). fxprune's result is checked by the masked-dense
+oracle (exact where the channel classes allow it, structural otherwise: the slim model
+runs and gives outputs of the same shapes); Torch-Pruning's by running the pruned model,
+its own success criterion. A model counts as a success for a tool when the pruned model
+is smaller, runs and (for fxprune) passes the oracle.
+
+    python tools/zoo_sweep.py --suite detection --suite timm --timm-families 20 --out sweep/
+    python tools/zoo_sweep.py --suite classification --models 'resnet*' --tools fxprune
+
+Suites: classification, segmentation, detection, video (torchvision) and timm (the
+smallest model of each timm family, i.e. model module, chosen by parameter count on the
+meta device). Writes ``sweep.json`` and ``sweep.md`` into ``--out`` and prints one
+progress line per run.
+
+Settings, identical for both tools: 50% of the channels of every prunable group removed
+by L1 magnitude (fxprune: ``ratio=0.5, min_ratio=0.15, scorer="l1"``; Torch-Pruning:
+``GroupMagnitudeImportance(p=1)``, ``pruning_ratio=0.5``, its recipe's ignored layers and
+attention heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SUITES = ("classification", "segmentation", "detection", "video", "timm")
+TOOLS = ("fxprune", "tp")
+RATIO = 0.5
+
+# torchvision models that need another input than (1, 3, 224, 224); detection models get
+# their transform's min/max size set to --det-size (fixed-size SSD models resize anyway)
+INPUT_SHAPES = {"inception_v3": (1, 3, 299, 299), "googlenet": (1, 3, 224, 224)}
+VIDEO_SHAPES = {"mvit_v1_b": (1, 3, 16, 224, 224), "mvit_v2_s": (1, 3, 16, 224, 224),
+                "s3d": (1, 3, 16, 112, 112)}
+SKIP = {"raft_large": "optical flow: two image inputs", "raft_small": "optical flow: two image inputs"}
+
+
+# -- model lists ------------------------------------------------------------------------
+
+
+def torchvision_models(suite: str) -> list[str]:
+    import torchvision.models as tvm
+
+    module = {"classification": tvm, "segmentation": tvm.segmentation,
+              "detection": tvm.detection, "video": tvm.video}[suite]
+    return sorted(tvm.list_models(module=module))
+
+
+def timm_smallest(cache: Path, families: int | None) -> list[str]:
+    """The smallest model (parameter count on the meta device) of each timm module."""
+    import timm
+    import torch
+
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    modules = sorted(m for m in timm.list_modules() if timm.list_models(module=m))
+    if families:
+        modules = modules[:families]
+    for module in modules:
+        if module in known:
+            continue
+        best = None
+        for name in timm.list_models(module=module):
+            try:
+                with torch.device("meta"):
+                    model = timm.create_model(name, pretrained=False)
+                count = sum(p.numel() for p in model.parameters())
+            except Exception:  # a model that does not build on meta: skip it
+                continue
+            if best is None or count < best[1]:
+                best = (name, count)
+        known[module] = best[0] if best else None
+        cache.write_text(json.dumps(known, indent=1))
+    return [known[m] for m in modules if known.get(m)]
+
+
+def build(suite: str, name: str, det_size: int):
+    """(model in eval mode, example input tuple), random weights."""
+    import torch
+
+    if suite == "timm":
+        import timm
+
+        model = timm.create_model(name, pretrained=False).eval()
+        shape = (1, *model.pretrained_cfg.get("input_size", (3, 224, 224)))
+        return model, (torch.randn(*shape),)
+    import torchvision
+
+    kwargs: dict[str, Any] = {"weights": None}
+    shape = INPUT_SHAPES.get(name, (1, 3, 224, 224))
+    if suite == "detection":
+        kwargs["weights_backbone"] = None
+        if not name.startswith("ssd"):
+            kwargs.update(min_size=det_size, max_size=det_size)
+        shape = (1, 3, det_size, det_size)
+    elif suite == "segmentation":
+        kwargs["weights_backbone"] = None
+    elif suite == "video":
+        shape = VIDEO_SHAPES.get(name, (1, 3, 8, 112, 112))
+    if name in ("googlenet", "inception_v3"):
+        kwargs.update(aux_logits=False, init_weights=False)
+    model = torchvision.models.get_model(name, **kwargs).eval()
+    return model, (torch.randn(*shape),)
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- workers (run in a child process) ---------------------------------------------------
+
+
+def run_fxprune(model, inputs) -> dict[str, Any]:
+    import warnings
+
+    import fxprune
+    from fxprune.verify import verify_equivalence
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fxprune.prune(model, inputs, ratio=RATIO, min_ratio=0.15, scorer="l1")
+    parts = getattr(result, "parts", None)
+    if parts is not None:  # an untraceable root: each traced part is checked on its own
+        reports = result.verify()
+    else:
+        reports = [verify_equivalence(result.graph, result.keep, result.model, inputs)]
+    import torch
+
+    with torch.no_grad():
+        result.model(*inputs)  # the whole slim model runs
+    leaves = [str(leaf) for leaf in getattr(result, "leaves", [])]
+    out = {
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "macs_before": getattr(result, "macs_before", None),
+        "macs_after": getattr(result, "macs_after", None),
+        "exact": all(r.exact for r in reports),
+        "oracle": "; ".join(r.detail for r in reports[:3]),
+        "leaves": leaves,
+        "parts": None if parts is None else [p.qualname for p in parts],
+        "warnings": [str(w.message).splitlines()[0] for w in caught][:3],
+    }
+    if not all(r.passed for r in reports):
+        out["status"] = "oracle failed"
+    elif result.params_after >= result.params_before:
+        out["status"] = "nothing pruned"
+    else:
+        out["status"] = "ok"
+    return out
+
+
+def run_tp(model, inputs, suite: str, name: str) -> dict[str, Any]:
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
+    ignored = _tp_ignored_layers(model, suite, name)
+    num_heads = {}
+    try:
+        from timm.models.vision_transformer import Attention
+
+        num_heads = {m.qkv: m.num_heads for m in model.modules() if isinstance(m, Attention)}
+    except ImportError:
+        pass
+    channel_groups = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    before = count_params(model)
+    example = inputs[0] if len(inputs) == 1 else list(inputs)
+    pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                  pruning_ratio=RATIO, ignored_layers=ignored, num_heads=num_heads,
+                                  channel_groups=channel_groups, global_pruning=False)
+    pruner.step()
+    for m in model.modules():  # the recipe's fix-up of timm attention after pruning
+        if hasattr(m, "num_heads") and hasattr(m, "qkv") and m.qkv in num_heads:
+            m.num_heads = num_heads[m.qkv]
+            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+    if hasattr(model, "hidden_dim") and hasattr(model, "conv_proj"):  # torchvision ViT
+        model.hidden_dim = model.conv_proj.out_channels
+    with torch.no_grad():
+        model(*inputs)
+    after = count_params(model)
+    return {"params_before": before, "params_after": after,
+            "status": "ok" if after < before else "nothing pruned"}
+
+
+def _tp_ignored_layers(model, suite: str, name: str) -> list:
+    """Torch-Pruning's own recipes: the classifier, and for detectors the output heads."""
+    from torch import nn
+
+    ignored = []
+    if suite == "timm":
+        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        if isinstance(head, nn.Module):
+            linears = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))] or [head]
+            ignored.append(linears[-1])
+        return ignored
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.out_features == 1000:
+            ignored.append(m)
+    if suite == "segmentation" and hasattr(model, "classifier"):
+        ignored.append(model.classifier)
+        if getattr(model, "aux_classifier", None) is not None:
+            ignored.append(model.aux_classifier)
+    if suite == "detection":
+        if name.startswith("ssd"):
+            ignored.append(model.head)
+        for path in ("rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads",
+                     "head.classification_head.cls_logits", "head.regression_head.bbox_reg",
+                     "head.regression_head.bbox_ctrness", "backbone.fpn"):
+            try:
+                ignored.append(model.get_submodule(path))
+            except AttributeError:
+                pass
+    return ignored
+
+
+def worker(tool: str, suite: str, name: str, det_size: int, out_file: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    try:
+        model, inputs = build(suite, name, det_size)
+        info: dict[str, Any] = {"input": list(inputs[0].shape)}
+        if tool == "fxprune":
+            info.update(run_fxprune(model, inputs))
+        else:
+            info.update(run_tp(model, inputs, suite, name))
+    except Exception as exc:  # every failure is a result of the sweep, not a crash
+        text = str(exc).strip().splitlines()
+        info = {"status": "error", "error": f"{type(exc).__name__}: {text[0][:300] if text else ''}"}
+    info["seconds"] = round(time.perf_counter() - started, 2)
+    Path(out_file).write_text(json.dumps(info))
+
+
+# -- driver -----------------------------------------------------------------------------
+
+
+def run_one(tool: str, suite: str, name: str, det_size: int, timeout: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out_file = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, __file__, "--worker", tool, suite, name, str(det_size), out_file]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=env, start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {"status": "timeout", "seconds": round(time.perf_counter() - started, 1),
+                    "error": f"over {timeout:.0f} s"}
+        if not os.path.exists(out_file):
+            last = (stderr or "").strip().splitlines()
+            return {"status": "crashed", "error": f"exit {proc.returncode}: {last[-1][:300] if last else ''}",
+                    "seconds": round(time.perf_counter() - started, 1)}
+        return json.loads(Path(out_file).read_text())
+
+
+def describe(result: dict[str, Any]) -> str:
+    status = result.get("status", "?")
+    if status == "ok" and result.get("params_before"):
+        ratio = result["params_before"] / max(1, result["params_after"])
+        extra = f" params {ratio:.2f}x"
+        if result.get("macs_before"):
+            extra += f", MACs {result['macs_before'] / max(1, result['macs_after']):.2f}x"
+        if "exact" in result:
+            extra += ", oracle exact" if result["exact"] else ", oracle structural"
+        if result.get("leaves"):
+            extra += f", {len(result['leaves'])} leaves"
+        if result.get("parts"):
+            extra += f", {len(result['parts'])} parts"
+        return status + extra
+    return f"{status}: {result.get('error') or result.get('oracle') or ''}".rstrip(": ")
+
+
+def markdown(rows: list[dict[str, Any]], tools: list[str], command: str) -> str:
+    lines = [f"# Zoo sweep\n\n`{command}`\n", "## Totals\n",
+             "| suite | models | " + " | ".join(f"{t} ok" for t in tools) + " |",
+             "|---|---|" + "---|" * len(tools)]
+    for suite in dict.fromkeys(r["suite"] for r in rows):
+        in_suite = [r for r in rows if r["suite"] == suite]
+        oks = [sum(1 for r in in_suite if r.get(t, {}).get("status") == "ok") for t in tools]
+        lines.append(f"| {suite} | {len(in_suite)} | " + " | ".join(str(k) for k in oks) + " |")
+    lines += ["", "## Models\n", "| suite | model | " + " | ".join(tools) + " |",
+              "|---|---|" + "---|" * len(tools)]
+    for r in rows:
+        cells = [describe(r.get(t, {"status": "not run"})).replace("|", "/") for t in tools]
+        lines.append(f"| {r['suite']} | {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        tool, suite, name, det_size, out_file = argv[1:6]
+        worker(tool, suite, name, int(det_size), out_file)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", action="append", choices=SUITES, help="repeatable; default: all")
+    parser.add_argument("--tools", default="fxprune,tp", help="comma-separated: fxprune,tp")
+    parser.add_argument("--models", default="*", help="fnmatch filter on model names")
+    parser.add_argument("--timm-families", type=int, default=None, help="first N timm families only")
+    parser.add_argument("--limit", type=int, default=None, help="at most N models per suite")
+    parser.add_argument("--det-size", type=int, default=128, help="detection input size (default 128)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run (default 300)")
+    parser.add_argument("--out", type=Path, default=Path("sweep"), help="folder for sweep.json/sweep.md")
+    args = parser.parse_args(argv)
+    tools = [t for t in args.tools.split(",") if t]
+    if any(t not in TOOLS for t in tools):
+        parser.error(f"--tools: choose from {','.join(TOOLS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python tools/zoo_sweep.py " + " ".join(argv)
+    plan: list[tuple[str, str]] = []
+    for suite in args.suite or SUITES:
+        names = (timm_smallest(args.out / "timm_smallest.json", args.timm_families) if suite == "timm"
+                 else torchvision_models(suite))
+        names = [n for n in names if fnmatch.fnmatch(n, args.models) and n not in SKIP]
+        plan += [(suite, n) for n in names[: args.limit]]
+    rows: list[dict[str, Any]] = []
+    for index, (suite, name) in enumerate(plan, 1):
+        row: dict[str, Any] = {"suite": suite, "model": name}
+        for tool in tools:
+            row[tool] = run_one(tool, suite, name, args.det_size, args.timeout)
+            print(f"[{index}/{len(plan)}] {suite}:{name} {tool}: {describe(row[tool])} "
+                  f"({row[tool].get('seconds', '?')} s)", flush=True)
+        rows.append(row)
+        _write(args.out, rows, tools, command)
+    totals = {suite: {t: sum(1 for r in rows if r["suite"] == suite and r[t].get("status") == "ok")
+                      for t in tools} | {"models": sum(1 for r in rows if r["suite"] == suite)}
+              for suite in dict.fromkeys(r["suite"] for r in rows)}
+    print(json.dumps(totals))
+    return 0
+
+
+def _write(out: Path, rows: list[dict[str, Any]], tools: list[str], command: str) -> None:
+    from fxprune.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out / "sweep.json", {"command": command, "ratio": RATIO, "results": rows})
+    atomic_write_text(out / "sweep.md", markdown(rows, tools, command))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
