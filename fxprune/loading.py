@@ -344,12 +344,26 @@ def _split_file_spec(spec: str) -> tuple[Path, str | None]:
     return Path(path_text), attr_name
 
 
+def _module_name(resolved: Path) -> str:
+    """The file's own stem when that name is free, so a pickled slim model refers to
+    ``mymodel.Block`` and loads wherever ``mymodel`` is importable; else a private name."""
+    stem = resolved.stem
+    if stem.isidentifier() and stem not in sys.modules:
+        try:
+            found = importlib.util.find_spec(stem)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or (found.origin and Path(found.origin).resolve() == resolved):
+            return stem
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    return f"_fxprune_user_{stem}_{digest}_{next(_module_counter)}"
+
+
 def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     resolved = path.resolve()
-    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
-    module_name = f"_fxprune_user_{resolved.stem}_{digest}_{next(_module_counter)}"
+    module_name = _module_name(resolved)
     import_spec = importlib.util.spec_from_file_location(module_name, resolved)
     if import_spec is None or import_spec.loader is None:
         raise ModelLoadError(f"{path}: cannot be imported as a Python file")

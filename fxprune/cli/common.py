@@ -81,7 +81,7 @@ def scorer_names() -> list[str]:
 
 
 def dataset_names() -> list[str]:
-    from hpo.data import DATASETS
+    from hpo.registry import DATASETS
 
     return list(DATASETS)
 

@@ -132,15 +132,17 @@ def prune_command(
     with stderr_console().status(f"tracing, scoring with {scorer} and slimming...") as status:
         result = prune(network, inputs, config.ratio, config.min_ratio, config.scorer,
                        round_to=round_to, target=target, leaf_modules=leaves)
-        if bool(result.keep.all()):
-            raise NothingToPruneError(_nothing_pruned(model, result))
-        check = None
+        if result.params_after >= result.params_before:
+            raise NothingToPruneError(f"{model}: {_blockers(result)}; nothing written")
+        checks = []
         if verify:
             status.update("verifying slim == masked dense...")
-            check = verify_equivalence(result.graph, result.keep, result.model, inputs)
+            graph = getattr(result, "graph", None)  # None: parts of an untraceable root
+            checks = ([verify_equivalence(graph, result.keep, result.model, inputs)]
+                      if graph is not None else result.verify())
     console.print(result)
     console.print(widths_table(network, result))
-    if check is not None:
+    for check in checks:
         console.print(f"equivalence: {'[green]ok[/]' if check.passed else '[red]FAILED[/]'} - {check}")
         if not check.passed:
             from fxprune.errors import ConfigError
@@ -154,7 +156,8 @@ def prune_command(
         io.atomic_write_text(tmp / io.PLAN_FILE, result.plan.to_json())
         io.atomic_write_json(tmp / io.SUMMARY_FILE, {
             **result.summary(), "model": model, "settings": settings,
-            "equivalence": None if check is None else check.detail})
+            "equivalence": [check.detail for check in checks] if len(checks) > 1
+            else checks[0].detail if checks else None})
     console.print(f"wrote {out}/ ({io.SLIM_FILE}, {io.META_FILE}, {io.PLAN_FILE}, "
                   f"{io.SUMMARY_FILE}); load with fxprune.load_slim('{out}')", soft_wrap=True)
 
@@ -171,21 +174,15 @@ def _check_something_to_prune(ratio: float, min_ratio: float, target: str | None
             "e.g. --ratio 0.5")
 
 
-def _nothing_pruned(model: str, result) -> str:
-    """Why a prune kept every channel: what froze the groups (one line)."""
-    groups = result.graph.groups
-    prunable = [g for g in groups if g.prunable]
-    if prunable:
-        return (f"{model}: the settings keep all {len(prunable)} prunable channel groups whole "
-                "(ratio too small for --min-ratio/--round-to); nothing written")
-    reasons: dict[str, int] = {}
-    for group in groups:
-        reason = str(group.frozen_reason or "frozen")
-        reasons[reason] = reasons.get(reason, 0) + 1
-    top = sorted(reasons.items(), key=lambda item: -item[1])[:3]
-    named = "; ".join(f"{count} x {reason}" for reason, count in top)
-    return (f"{model}: nothing is prunable, all {len(groups)} channel groups are frozen "
-            f"({named}); see `fxprune inspect {model}`; nothing written")
+def _blockers(result) -> str:
+    """Why a prune removed nothing: what froze the channels (``fxprune.blockers``)."""
+    from fxprune.blockers import describe_blockers
+
+    graph = getattr(result, "graph", None)
+    if graph is None:  # parts of an untraceable root: each part's own reasons
+        return "; ".join(describe_blockers(part.result.graph) for part in result.parts) or (
+            "nothing to prune: no part of the model traces")
+    return describe_blockers(graph)
 
 
 __all__ = ["inspect_command", "models_command", "prune_command", "register"]

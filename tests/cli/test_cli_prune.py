@@ -282,3 +282,38 @@ def test_threads_option_sets_torch_threads(model_file):
     finally:
         torch.set_num_threads(before)
     one_line_error(run("prune", model_file, "--threads", "0"), "--threads")
+
+
+LEAF_MODEL = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Odd(nn.Module):  # kept opaque with --leaf Odd
+        def forward(self, x):
+            return x.flip(1) if x.sum() > 0 else x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.odd, self.b = nn.Conv2d(3, 8, 1), Odd(), nn.Conv2d(8, 4, 1)
+            self.c, self.d = nn.Conv2d(4, 6, 1), nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            return self.d(torch.relu(self.c(self.b(self.odd(self.a(x))))))
+
+    model = Net()
+""")
+
+
+def test_a_slim_model_with_a_custom_leaf_loads_where_its_file_is_importable(tmp_path):
+    source = tmp_path / "leafy_net.py"
+    source.write_text(LEAF_MODEL)
+    out = tmp_path / "slim"
+    r = run("prune", source, "--input-shape", "1,3,8,8", "--leaf", "Odd", "--ratio", "0.5",
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    code = (f"import torch; m = torch.load({str(out / 'slim.pt')!r}, weights_only=False); "
+            "print(type(m.odd).__module__, tuple(m(torch.randn(1, 3, 8, 8)).shape))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, check=False)  # the model's folder is importable
+    assert done.stdout.strip() == "leafy_net (1, 2, 8, 8)", done.stderr[-500:]
