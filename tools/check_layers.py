@@ -34,6 +34,8 @@ LAYERS: dict[str, int] = {
     "fxprune.surgery": 5,
     "fxprune.plan": 5,
     "fxprune.verify": 5,
+    "fxprune.sections": 5,
+    "fxprune.blockers": 5,
     "fxprune.api": 6,
     "fxprune.inspection": 6,
     "fxprune.partial": 6,
