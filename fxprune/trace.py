@@ -82,11 +82,17 @@ def leaves_of(gm: nn.Module) -> list[Leaf]:
     return [Leaf(**entry) for entry in entries]
 
 
+# GraphModule.__deepcopy__ re-sets the attributes named in this meta entry (torch.fx's
+# own mechanism; the name is private in torch, hence the fallback)
+_PRESERVED = getattr(fx.graph_module, "_USER_PRESERVED_ATTRIBUTES_KEY", "_user_preserved_attributes")
+
+
 def record_leaves(gm: fx.GraphModule, leaves: Iterable[Leaf]) -> None:
-    """Store ``leaves`` on ``gm`` so they survive both ``copy.deepcopy`` (which keeps
-    ``gm.meta``) and pickling (which keeps plain attributes)."""
+    """Store ``leaves`` on ``gm`` as a plain attribute, which pickling keeps, and ask
+    ``copy.deepcopy`` (which ``slim`` uses) to keep it too."""
     entries = [leaf.to_dict() for leaf in leaves]
     gm.meta[META_LEAVES] = entries
+    gm.meta.setdefault(_PRESERVED, {})[META_LEAVES] = entries
     setattr(gm, META_LEAVES, entries)
 
 
