@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fxprune.io import atomic_path
 
 REPORT_FILE = "report.json"
 BEST_FILE = "best.json"
@@ -26,18 +26,11 @@ BEST_FILE = "best.json"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)`` and move the result onto ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Call ``write(temporary_path)`` and move the result onto ``path`` atomically
+    (``fxprune.io``, the one writer: 0644, nothing left behind on failure)."""
+    with atomic_path(path) as temporary:
+        write(temporary)
+    return Path(path)
 
 
 def atomic_write_json(path: Path, data: Any) -> Path:

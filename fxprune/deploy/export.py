@@ -60,7 +60,6 @@ import inspect
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -71,6 +70,7 @@ import torch
 from torch import nn
 
 from fxprune.errors import ExportError
+from fxprune.io import atomic_path
 
 from .onnx_check import check_file, flat_outputs, grown, other_batch, parity, resized
 from .quiet import deepest_reason, first_line, quiet
@@ -206,17 +206,10 @@ def export_onnx(
         if len(spec.input_names) != len(inputs) or len(spec.output_names) != len(expected):
             raise ExportError(f"{name}: {len(inputs)} inputs and {len(expected)} outputs, but "
                               f"{len(spec.input_names)} input and {len(spec.output_names)} output names")  # fmt: skip
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(target) as tmp:  # 0644, renamed in only once checked
             used, written_opset, max_abs, max_rel, checked = _export_and_check(
                 model, tmp, spec, exporter, check_parity, rtol, atol, name, say, dynamic == "all"
             )
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     return ExportReport(
         path=str(target),

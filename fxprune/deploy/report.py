@@ -378,18 +378,10 @@ def _as_record(record) -> tuple[float, float | None, float]:
 
 
 def write_atomically(path: Path, data: bytes) -> Path:
-    import tempfile
+    """``fxprune.io``'s one atomic writer (0644)."""
+    from fxprune.io import atomic_write_bytes
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return atomic_write_bytes(path, data)
 
 
 __all__ = [
