@@ -168,7 +168,9 @@ def profile_command(
 
 def progress_line(message: str) -> None:
     """A progress line on stderr (export and timing take tens of seconds)."""
-    stderr_console().print(f"[dim]... {message}[/]", highlight=False, soft_wrap=True)
+    from rich.text import Text
+
+    stderr_console().print(Text(f"... {message}", style="dim"), soft_wrap=True)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -133,7 +133,7 @@ def prune_command(
         result = prune(network, inputs, config.ratio, config.min_ratio, config.scorer,
                        round_to=round_to, target=target, leaf_modules=leaves)
         if result.params_after >= result.params_before:
-            raise NothingToPruneError(f"{model}: {_blockers(result)}; nothing written")
+            raise NothingToPruneError(f"{model}: {_blockers(result).rstrip('.')}. Nothing was written.")
         checks = []
         if verify:
             status.update("verifying slim == masked dense...")
