@@ -166,7 +166,7 @@ OutDirOpt = Annotated[Path, typer.Option(
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace an existing output folder, if fxprune wrote it.")]
 ThreadsOpt = Annotated[int | None, typer.Option(
-    "--threads", help="CPU threads for torch (and onnxruntime) [default: all cores].",
+    "--threads", help="CPU threads for torch (and onnxruntime); default: all cores.",
     show_default=False)]
 
 

@@ -106,8 +106,10 @@ def prune_command(
 ) -> None:
     """Score, prune and slim MODEL into a physically smaller model.
 
-    With --out DIR it writes slim.pt (load it with fxprune.load_slim(DIR)), meta.json,
-    plan.json and summary.json; the folder appears only when everything is written.
+    With --out DIR it writes slim.pt, meta.json, plan.json and summary.json.
+
+    The folder appears only when everything is written; load it with fxprune.load_slim(DIR).
+
     Exit code 3 when the settings or the model leave nothing to prune.
     """
     from rich.console import Console
