@@ -286,6 +286,11 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def read_summary(directory: str | os.PathLike) -> dict[str, Any]:
+    """``summary.json`` of a slim folder (params, MACs, settings, equivalence)."""
+    return read_json(Path(directory) / SUMMARY_FILE, "summary")
+
+
 def describe_output(value: Any) -> dict[str, Any]:
     """The structure of a model output: tensor, tuple/list (arity, items), dict (keys, items).
     Works on real outputs and on the arguments of an fx ``output`` node."""
@@ -435,5 +440,6 @@ __all__ = [
     "read_json",
     "read_meta",
     "read_slim",
+    "read_summary",
     "write_slim",
 ]

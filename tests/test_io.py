@@ -147,6 +147,14 @@ def test_damaged_slim_pt_fails_in_one_line(damage, fragment, tmp_path):
     assert str(tmp_path / io.SLIM_FILE) in str(info.value) and "\n" not in str(info.value)
 
 
+def test_read_summary_names_the_file(tmp_path):
+    (tmp_path / io.SUMMARY_FILE).write_text('{"params_before": 3')
+    with pytest.raises(PlanError, match=r"summary .*summary.json is not valid JSON"):
+        io.read_summary(tmp_path)
+    io.atomic_write_json(tmp_path / io.SUMMARY_FILE, {"params_before": 3})
+    assert io.read_summary(tmp_path) == {"params_before": 3}
+
+
 def test_output_names_for_tuples_and_single_tensors():
     assert io.output_names({"kind": "tensor"}) == ["output"]
     nested = {"kind": "tuple", "arity": 2, "items": [
