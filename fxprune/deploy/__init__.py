@@ -17,10 +17,11 @@ onnx and matplotlib load lazily, inside the functions that need them.
 
 from .dense_vs_slim import measure_model, profile_models
 from .export import DEFAULT_OPSET, DYNAMIC, EXPORTERS, ExportReport, export_onnx
-# from .latency_target import LatencyTarget, LatencyResult, prune_to_latency
+from .latency_target import LatencyResult, LatencyTarget, prune_to_latency
 from .profiling import LatencyStat, Timing, profile_many, profile_onnx
 from .report import Environment, ModelProfile, ProfileReport, SweepPoint, sweep_plot
 from .runtime import PROVIDERS, cpu_model, resolve_providers
+
 # from .step_time import StepTime, measure_step_time
 
 __all__ = [

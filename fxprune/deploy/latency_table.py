@@ -1,0 +1,431 @@
+"""A latency model from measurement: every conv/linear layer timed alone on the runtime.
+
+Widths that fall off a runtime's blocked kernels cost as much as the next block up
+(ONNX Runtime's NCHWc convolutions pad channels to 8 or 16; a width it cannot block
+falls back to a slower NCHW path). So the table is *measured*, never derived from MACs:
+
+1. **Blocks, discovered.** For each kind of layer in the model (conv kxk, conv 1x1,
+   depthwise, linear) and each side (input, output channels), one representative layer
+   is timed at every width 1..40. The block is the largest ``b`` in 2..32 such that a
+   width that is not a multiple of ``b`` is (nearly always) no faster than the next
+   multiple; widths below the block that are clearly faster than every wider one are
+   kept too. A group's candidate widths are the multiples of its layers' blocks.
+2. **Per layer.** Each distinct layer (kind, widths, kernel, stride, input size) is
+   timed dense, at a few candidate widths of its output side (input dense) and of its
+   input side (output dense), and at one corner (both small). Latency is modelled as
+   ``a + (dense - a) * g_in(c_in) * g_out(c_out)``: ``g`` interpolates the measured
+   points, and ``a`` (the per-call cost that does not shrink) follows from the corner.
+3. **Cached** as JSON under a fingerprint of the model's layers, onnxruntime version,
+   provider, batch, threads and device name; a hit costs nothing.
+
+Every measurement builds a one-layer ONNX model (conv + ReLU, or MatMul + Add) with
+``onnx.helper`` and times it with the session settings of ``fxprune.deploy.runtime``:
+the minimum over a few runs, which on a shared machine is the least disturbed number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fxprune.errors import ConfigError
+
+from .report import write_atomically
+from .runtime import device_name, open_session, resolve_providers
+
+TABLE_VERSION = 1
+SWEEP_WIDTHS = range(1, 41)
+BLOCK_CHOICES = (2, 4, 8, 16, 32)
+BLOCK_TOLERANCE = 0.08  # a width within 8% of the next multiple's time counts as "no faster"
+BLOCK_AGREEMENT = 0.8  # ... for at least 80% of the widths checked
+SMALL_GAIN = 0.1  # a width below the block is kept if >= 10% faster than every wider one
+FRACTIONS = (0.125, 0.25, 0.5, 0.75)  # where each layer side is measured (plus dense)
+SWEEP_PIXELS = 28 * 28  # sweeps run on at most this many output pixels (cheap, same kernels)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A conv or linear layer as the runtime sees it, at its dense widths."""
+
+    kind: str  # "conv" | "linear"
+    in_channels: int
+    out_channels: int
+    input_shape: tuple[int, ...]  # (N, C, *spatial) for conv, (*lead, in) for linear
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    @property
+    def category(self) -> str:
+        if self.kind == "linear":
+            return "linear"
+        if self.depthwise:
+            return "depthwise"
+        if self.groups > 1:
+            return "grouped"
+        return "conv 1x1" if math.prod(self.kernel) == 1 else "conv kxk"
+
+    @property
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    def measurable(self) -> bool:
+        return self.category in ("linear", "depthwise", "conv 1x1", "conv kxk")
+
+
+def layer_specs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> dict[str, LayerSpec]:
+    """Module path -> LayerSpec for every Conv1d/2d/3d and Linear the inputs reach."""
+    specs: dict[str, LayerSpec] = {}
+    handles = []
+
+    def record(name: str, module: nn.Module):
+        def hook(_module, args):
+            if name in specs or not args or not isinstance(args[0], torch.Tensor):
+                return
+            shape = tuple(int(s) for s in args[0].shape)
+            if isinstance(module, nn.Linear):
+                specs[name] = LayerSpec("linear", module.in_features, module.out_features, shape)
+            elif isinstance(module.padding, str) or module.padding_mode != "zeros":
+                return  # 'same' padding or a padding mode: not modelled, left to the correction
+            else:
+                specs[name] = LayerSpec("conv", module.in_channels, module.out_channels, shape,
+                                        tuple(module.kernel_size), tuple(module.stride),
+                                        tuple(module.padding), tuple(module.dilation), module.groups)  # fmt: skip
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            handles.append(module.register_forward_pre_hook(record(name, module)))
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return specs
+
+
+# --------------------------------------------------------------------------- one measurement
+
+
+def layer_onnx(spec: LayerSpec, cin: int, cout: int, spatial: tuple[int, ...] | None = None) -> bytes:
+    """A one-layer ONNX model of ``spec`` at widths (cin, cout), random weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if spec.kind == "linear":
+        lead = list(spec.input_shape[:-1])
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [*lead, cin])
+        weight = numpy_helper.from_array((rng.standard_normal((cin, cout)) * 0.05).astype(np.float32), "w")
+        bias = numpy_helper.from_array(np.zeros(cout, np.float32), "b")
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Add", ["y", "b"], ["z"])]
+    else:
+        groups = cin if spec.depthwise else spec.groups
+        size = list(spatial or spec.input_shape[2:])
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [spec.input_shape[0], cin, *size])
+        shape = (cout, cin // groups, *spec.kernel)
+        weight = numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32), "w")
+        bias = numpy_helper.from_array(np.zeros(cout, np.float32), "b")
+        conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(spec.kernel),
+                                strides=list(spec.stride), pads=list(spec.padding) * 2,
+                                dilations=list(spec.dilation), group=groups)  # fmt: skip
+        nodes = [conv, helper.make_node("Relu", ["y"], ["z"])]
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "layer", [x], [z], initializer=[weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+class Timer:
+    """Times one-layer models on one runtime: min over runs (>= ``min_runs``, >= ``min_seconds``)."""
+
+    def __init__(self, providers: list[str], threads: int | None, min_runs: int = 10,
+                 min_seconds: float = 0.05, max_runs: int = 40):  # fmt: skip
+        self.providers, self.threads = providers, threads
+        self.min_runs, self.min_seconds, self.max_runs = min_runs, min_seconds, max_runs
+        self.measurements = 0
+
+    def __call__(self, spec: LayerSpec, cin: int, cout: int, spatial=None) -> float:
+        session = open_session(layer_onnx(spec, cin, cout, spatial), self.providers, self.threads)
+        node = session.get_inputs()[0]
+        feed = {node.name: np.random.default_rng(0).standard_normal(node.shape).astype(np.float32)}
+        session.run(None, feed)
+        session.run(None, feed)
+        best, runs, started = float("inf"), 0, time.perf_counter()
+        while runs < self.max_runs and (runs < self.min_runs or time.perf_counter() - started < self.min_seconds):
+            tick = time.perf_counter()
+            session.run(None, feed)
+            best = min(best, (time.perf_counter() - tick) * 1e3)
+            runs += 1
+        self.measurements += 1
+        return best
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def discover_block(times: dict[int, float]) -> tuple[int, list[int]]:
+    """(block, efficient widths below it) from a width sweep (see module docstring)."""
+    block = 1
+    for b in BLOCK_CHOICES:
+        checks = [(w, -(-w // b) * b) for w in times if w % b and -(-w // b) * b in times]
+        if len(checks) < 3:
+            continue
+        agree = sum(times[w] >= (1 - BLOCK_TOLERANCE) * times[up] for w, up in checks)
+        if agree >= BLOCK_AGREEMENT * len(checks):
+            block = b
+    small = [w for w in sorted(times) if w < block
+             and times[w] < (1 - SMALL_GAIN) * min(t for v, t in times.items() if w < v <= block)]  # fmt: skip
+    return block, small
+
+
+def _sweep_spec(spec: LayerSpec, side: str) -> tuple[LayerSpec, tuple[int, ...] | None, int]:
+    """A cheap stand-in for a sweep: other side at most 64 wide, at most ~28x28 outputs."""
+    other = min(64, spec.out_channels if side == "in" else spec.in_channels)
+    spatial = None
+    if spec.kind == "conv" and len(spec.input_shape) > 2:
+        size = spec.input_shape[2:]
+        scale = math.sqrt(max(1.0, math.prod(size) / (SWEEP_PIXELS * math.prod(spec.stride))))
+        spatial = tuple(max(k, int(s / scale)) for s, k in zip(size, spec.kernel))
+    return spec, spatial, other
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class LatencyTable:
+    """Measured latency per layer and the runtime's blocks; JSON on disk."""
+
+    fingerprint: dict[str, Any]
+    blocks: dict[str, int] = field(default_factory=dict)  # "conv kxk/out" -> 16
+    small: dict[str, list[int]] = field(default_factory=dict)  # efficient widths below the block
+    sweeps: dict[str, dict[int, float]] = field(default_factory=dict)  # side -> width -> ms
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec key -> measurements
+    seconds: float = 0.0  # what building it cost
+    measurements: int = 0
+    cached: bool = False  # loaded from disk
+
+    # ---- the model
+    def layer_ms(self, spec: LayerSpec, cin: int, cout: int) -> float:
+        """Modelled latency of ``spec`` at widths (cin, cout); 0 for layers not measured."""
+        entry = self.layers.get(spec.key)
+        if entry is None:
+            return 0.0
+        dense, base = entry["dense"], entry["base"]
+        cout = self.padded(spec, "out", cout)
+        if spec.depthwise:
+            return base + (dense - base) * _interp(entry["out"], cout, dense, base)
+        g_out = _interp(entry["out"], cout, dense, base)
+        g_in = _interp(entry["in"], self.padded(spec, "in", cin), dense, base)
+        return base + (dense - base) * g_in * g_out
+
+    def padded(self, spec: LayerSpec, side: str, width: int) -> int:
+        """The width the runtime effectively runs: up to the next multiple of the side's
+        block, unless it is one of the efficient widths below the block."""
+        block = self.block_for(spec, side)
+        if block <= 1 or width in self.small_for(spec, side):
+            return width
+        return -(-width // block) * block
+
+    def block_for(self, spec: LayerSpec, side: str) -> int:
+        return self.blocks.get(f"{spec.category}/{'out' if spec.depthwise else side}", 1)
+
+    def small_for(self, spec: LayerSpec, side: str) -> list[int]:
+        return self.small.get(f"{spec.category}/{'out' if spec.depthwise else side}", [])
+
+    # ---- disk
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("cached")
+        data["version"] = TABLE_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
+        if data.get("version") != TABLE_VERSION:
+            raise ConfigError(f"latency table version {data.get('version')} is not {TABLE_VERSION}")
+        sweeps = {k: {int(w): t for w, t in v.items()} for k, v in data["sweeps"].items()}
+        layers = {k: {**v, "out": {int(w): t for w, t in v["out"].items()},
+                      "in": {int(w): t for w, t in v["in"].items()}} for k, v in data["layers"].items()}  # fmt: skip
+        return cls(data["fingerprint"], data["blocks"], data["small"], sweeps, layers,
+                   data["seconds"], data["measurements"], cached=True)  # fmt: skip
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_atomically(Path(path), json.dumps(self.to_dict(), indent=1).encode())
+
+
+def _interp(points: dict[int, float], width: int, dense: float, base: float) -> float:
+    """g(width) in [0, 1]: the measured fraction of the shrinkable time, interpolated
+    linearly between measured widths, flat below the smallest."""
+    span = max(dense - base, 1e-9)
+    widths = sorted(points)
+    if not widths:
+        return 1.0
+    values = [max(0.0, (points[w] - base) / span) for w in widths]
+    return float(np.interp(width, widths, values, left=values[0]))
+
+
+def fingerprint(specs: dict[str, LayerSpec], model_name: str, provider: str, threads: int | None) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    layers = sorted({spec.key for spec in specs.values()})
+    batch = next(iter(specs.values())).input_shape[0] if specs else 0
+    return {
+        "model": model_name,
+        "layers": hashlib.sha256("\n".join(layers).encode()).hexdigest()[:16],
+        "runtime": f"onnxruntime {ort.__version__}",
+        "provider": provider,
+        "batch": batch,
+        "threads": threads,
+        "device": device_name(provider),
+        "table_version": TABLE_VERSION,
+    }
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("FXPRUNE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fxprune")
+    return Path(root) / "latency"
+
+
+def cache_path(print_: dict[str, Any], cache_dir: str | os.PathLike | None) -> Path:
+    digest = hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(cache_dir or default_cache_dir()) / f"{print_['model']}-{digest}.json"
+
+
+def widths_to_measure(spec: LayerSpec, side: str, block: int) -> list[int]:
+    """Where one side of a layer is measured: ``FRACTIONS`` of its dense width, rounded up
+    to the side's block (the widths a selection will actually use)."""
+    dense = spec.out_channels if side == "out" else spec.in_channels
+    chosen = {min(dense, max(block, -(-round(f * dense) // block) * block)) for f in FRACTIONS}
+    return sorted(chosen - {dense})
+
+
+def build_latency_table(
+    specs: dict[str, LayerSpec],
+    *,
+    model_name: str = "model",
+    provider: str = "cpu",
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    timer: Callable[..., float] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LatencyTable:
+    """Measure (or load) the table for ``specs`` (module path -> LayerSpec).
+
+    ``timer(spec, cin, cout, spatial=None) -> ms`` replaces the onnxruntime timer (tests).
+    """
+    providers = resolve_providers(provider)
+    print_ = fingerprint(specs, model_name, providers[0], threads)
+    path = cache_path(print_, cache_dir)
+    say = progress or (lambda message: None)
+    if use_cache and path.is_file():
+        try:
+            table = LatencyTable.from_dict(json.loads(path.read_text()))
+            if table.fingerprint == print_:
+                say(f"latency table: cache hit {path}")
+                return table
+        except (ConfigError, KeyError, ValueError, TypeError):
+            pass  # a stale or damaged cache entry is rebuilt
+    timer = timer or Timer(providers, threads)
+    started = time.perf_counter()
+    table = LatencyTable(print_)
+    measurable = {n: s for n, s in specs.items() if s.measurable()}
+    # 1. blocks: one sweep per kind and side, on the kind's most expensive layer
+    by_side: dict[str, LayerSpec] = {}
+    for spec in measurable.values():
+        for side in (("out",) if spec.depthwise else ("in", "out")):
+            key = f"{spec.category}/{side}"
+            if key not in by_side or _work(spec) > _work(by_side[key]):
+                by_side[key] = spec
+    for key, spec in sorted(by_side.items()):
+        say(f"latency table: sweeping {key} widths 1..{SWEEP_WIDTHS[-1]}")
+        side = key.rsplit("/", 1)[1]
+        stand_in, spatial, other = _sweep_spec(spec, side)
+        sweep = {}
+        for width in SWEEP_WIDTHS:
+            if spec.depthwise:
+                sweep[width] = timer(stand_in, width, width, spatial)
+            elif side == "out":
+                sweep[width] = timer(stand_in, other, width, spatial)
+            else:
+                sweep[width] = timer(stand_in, width, other, spatial)
+        table.sweeps[key] = sweep
+        table.blocks[key], table.small[key] = discover_block(sweep)
+    say("latency table: blocks " + ", ".join(f"{k} {v}" for k, v in sorted(table.blocks.items())))
+    # 2. every distinct layer
+    distinct: dict[str, tuple[str, LayerSpec]] = {}
+    for name, spec in measurable.items():
+        distinct.setdefault(spec.key, (name, spec))
+    for index, (key, (name, spec)) in enumerate(distinct.items(), 1):
+        if index % 10 == 1:
+            say(f"latency table: layer {index}/{len(distinct)} ({name})")
+        table.layers[key] = _measure_layer(spec, table, timer)
+    table.seconds = time.perf_counter() - started
+    table.measurements = getattr(timer, "measurements", 0)
+    if use_cache:
+        try:
+            table.save(path)
+            say(f"latency table: {len(distinct)} layers in {table.seconds:.0f} s, cached at {path}")
+        except OSError:
+            say(f"latency table: could not write the cache at {path}")
+    return table
+
+
+def _work(spec: LayerSpec) -> int:
+    return math.prod(spec.input_shape) * spec.out_channels
+
+
+def _measure_layer(spec: LayerSpec, table: LatencyTable, timer) -> dict[str, Any]:
+    cin, cout = spec.in_channels, spec.out_channels
+    dense = timer(spec, cin, cout)
+    entry: dict[str, Any] = {"dense": dense, "out": {cout: dense}, "in": {cin: dense}}
+    if spec.depthwise:
+        for width in widths_to_measure(spec, "out", table.block_for(spec, "out")):
+            if width != cout:
+                entry["out"][width] = timer(spec, width, width)
+        entry["base"] = 0.0
+        entry["in"] = {}
+        return entry
+    for side in ("out", "in"):
+        for width in widths_to_measure(spec, side, table.block_for(spec, side)):
+            if width not in entry[side]:
+                entry[side][width] = timer(spec, cin, width) if side == "out" else timer(spec, width, cout)
+    # corner: both sides at their smallest measured width -> the time that does not shrink
+    small_in, small_out = min(entry["in"]), min(entry["out"])
+    base = 0.0
+    if small_in < cin and small_out < cout:
+        corner = timer(spec, small_in, small_out)
+        t_out, t_in = entry["out"][small_out], entry["in"][small_in]
+        denominator = corner + dense - t_out - t_in
+        if abs(denominator) > 1e-9:
+            base = (corner * dense - t_out * t_in) / denominator
+        entry["corner"] = [small_in, small_out, corner]
+    floor = min(min(entry["out"].values()), min(entry["in"].values()))
+    entry["base"] = float(min(max(base, 0.0), 0.9 * floor))
+    return entry
+
+
+__all__ = ["LatencyTable", "LayerSpec", "Timer", "build_latency_table", "cache_path",
+           "default_cache_dir", "discover_block", "fingerprint", "layer_onnx", "layer_specs", "widths_to_measure"]  # fmt: skip
