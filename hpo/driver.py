@@ -211,10 +211,17 @@ class ProxyHpo:
         study = optuna.load_study(study_name=final_job.name, storage=open_storage(self.config))
         done = [t for t in study.get_trials(deepcopy=False) if t.value is not None
                 and "model_path" in t.user_attrs]
-        if done:
-            best = max(done, key=lambda t: (t.value, -t.number))
-            source = self.out / best.user_attrs["model_path"]
+        # Another machine's final run saved its model in ITS run folder: copy the best one
+        # this machine holds, and say where the others are.
+        done.sort(key=lambda t: (-t.value, t.number))
+        local = [t for t in done if (self.out / t.user_attrs["model_path"]).is_file()]
+        if local:
+            source = self.out / local[0].user_attrs["model_path"]
             atomic_write(self.out / target, lambda tmp: shutil.copyfile(source, tmp))
+        if done and (not local or local[0] is not done[0]):
+            owner = done[0].user_attrs.get("owner", {}).get("host", "another machine")
+            logger.warning("%s: the best final model (seed %s) was trained on %s and is in "
+                           "its run folder", target, done[0].user_attrs.get("seed"), owner)
 
     # -- the commands ----------------------------------------------------------------------
     def run(self) -> HpoReport:

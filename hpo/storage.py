@@ -85,9 +85,10 @@ def open_storage(config: HpoConfig) -> optuna.storages.BaseStorage:
             check_journal(path)
             _CHECKED.add(path.resolve())
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    url = database_url(config.storage)
     for attempt in range(SCHEMA_RETRIES):
         try:
-            return optuna.storages.RDBStorage(config.storage)
+            return optuna.storages.RDBStorage(url)
         except ImportError as err:
             raise ConfigError(
                 f"cannot open {mask_url(config.storage)}: {err}; for postgresql:// install "
@@ -108,6 +109,18 @@ def open_storage(config: HpoConfig) -> optuna.storages.BaseStorage:
                                f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
                                ) from None
     raise AssertionError("unreachable")
+
+
+def database_url(url: str) -> str:
+    """``postgresql://`` as written: SQLAlchemy reads it as psycopg2; with only psycopg 3
+    installed (the ``distributed`` extra) the URL is pointed at that driver."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
 
 
 def check_journal(path: Path) -> None:
@@ -159,7 +172,8 @@ def _advisory_lock(url: str, key: str) -> Iterator[None]:
 
     engine = _ADVISORY_ENGINES.get(url)
     if engine is None:
-        engine = _ADVISORY_ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        engine = _ADVISORY_ENGINES[url] = sqlalchemy.create_engine(
+            database_url(url), poolclass=sqlalchemy.pool.NullPool)
     lock_id = zlib.crc32(key.encode()) & 0x7FFFFFFF
     with engine.connect() as connection:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
@@ -174,7 +188,7 @@ def _advisory_lock(url: str, key: str) -> Iterator[None]:
 def claim_lock(config: HpoConfig) -> Iterator[None]:
     """Exclusive lock over everyone sharing the studies while a trial is claimed (released
     if we die: the file lock with the process, the advisory lock with its connection)."""
-    if config.storage is not None and config.storage.startswith("postgresql"):
+    if config.storage is not None and config.storage.startswith(("postgresql", "postgres:")):
         with _advisory_lock(config.storage, f"fxprune-hpo:{config.study_name or ''}"):
             yield
         return
@@ -212,5 +226,5 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage) -> opt
 
 
 __all__ = ["CLAIM_LOCK_FILE", "JOURNAL_FILE", "StorageError", "check_journal", "claim_lock",
-           "create_or_load_study", "is_storage_failure", "mask_url", "open_storage",
+           "create_or_load_study", "database_url", "is_storage_failure", "mask_url", "open_storage",
            "repair_journal", "storage_error"]
