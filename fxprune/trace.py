@@ -34,6 +34,7 @@ module that was being traced and the source line that broke, and suggests the fi
 from __future__ import annotations
 
 import copy
+import inspect
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -374,6 +375,21 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor])
         gm.train(was_training)
 
 
+def unused_defaults(model: nn.Module, given: int) -> dict[str, Any] | None:
+    """``forward`` parameters after the ``given`` positional example inputs that have a
+    default, with that default: traced as constants (``mask=None`` takes its ``None``
+    branch instead of tracing ``mask.view(...)`` on a proxy that is never given)."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                  inspect.Parameter.KEYWORD_ONLY)
+    defaults = {p.name: p.default for p in parameters[given:]
+                if p.kind in positional and p.default is not inspect.Parameter.empty}
+    return defaults or None
+
+
 def trace_model(
     model: nn.Module,
     example_inputs: Any,
@@ -400,6 +416,8 @@ def trace_model(
         record_leaves(gm, leaves_of(model))
     else:
         owned = copy.deepcopy(model) if copy_model else model
+        if concrete_args is None:
+            concrete_args = unused_defaults(model, len(inputs))
         gm = symbolic_trace(owned, leaf_modules, concrete_args, automatic_leaves)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) < len(inputs):
@@ -434,7 +452,9 @@ def capture_module_inputs(model: nn.Module, example_inputs: Any) -> dict[str, li
             continue
 
         def hook(_module, args, kwargs, name=name):
-            calls.setdefault(name, []).append(None if kwargs else tuple(args))
+            # a copy: the model may later change the tensor it passed in place
+            calls.setdefault(name, []).append(None if kwargs else tuple(
+                a.clone() if isinstance(a, torch.Tensor) else a for a in args))
 
         handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     was_training = model.training
@@ -453,7 +473,8 @@ def capture_module_inputs(model: nn.Module, example_inputs: Any) -> dict[str, li
 
 
 def find_traceable_parts(
-    model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type | str] = ()
+    model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type | str] = (),
+    calls: dict[str, list[tuple]] | None = None,
 ) -> tuple[list[TraceablePart], list[tuple[str, str]]]:
     """Largest submodules of ``model`` that trace on their own, outermost first.
 
@@ -461,10 +482,12 @@ def find_traceable_parts(
     inside) is a part; one whose own forward does not trace is descended into. A module
     called more than once with inputs of different shapes, with keyword arguments or
     non-tensor arguments is skipped (a slim copy must fit every call). Returns the parts
-    and ``(qualname, reason)`` for each skipped module that has parameters.
+    and ``(qualname, reason)`` for each skipped module that has parameters. ``calls``:
+    what ``capture_module_inputs`` recorded, if the caller has it already.
     """
     leaf_modules = tuple(leaf_modules)
-    calls = capture_module_inputs(model, example_inputs)
+    if calls is None:
+        calls = capture_module_inputs(model, example_inputs)
     parts: list[TraceablePart] = []
     skipped: list[tuple[str, str]] = []
     pending = [(name, child) for name, child in model.named_children()]

@@ -243,3 +243,26 @@ def test_graph_module_input_keeps_its_leaves():
     again = trace_model(gm, x8(), copy_model=False)
     assert isinstance(again, fx.GraphModule)
     assert leaves_of(again) == leaves_of(gm)
+
+
+class OptionalMask(nn.Module):
+    """timm's Hiera: ``forward(x, mask=None)`` branches on the optional argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x, mask=None, scale: float = 2.0):
+        if mask is not None:
+            x = x * mask.view(x.shape[0], 1, 8, 8)
+        return self.conv(x) * scale
+
+
+def test_optional_arguments_not_given_are_traced_as_their_defaults():
+    model = OptionalMask().eval()
+    x = x8()
+    gm = trace_model(model, x)
+    assert leaves_of(gm) == []
+    assert not any(n.op == "call_method" and n.target == "view" for n in gm.graph.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x))
