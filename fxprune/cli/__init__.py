@@ -65,7 +65,13 @@ def main() -> None:
     """The console script ``fxprune``."""
     try:
         app()
-    except KeyboardInterrupt:  # outside a command's wrapper (e.g. while parsing)
+    except SystemExit as done:
+        # typer turns Ctrl-C outside a command (while parsing) into a silent exit 130
+        inner = done.__context__
+        if done.code == 130 and isinstance(getattr(inner, "__cause__", None), KeyboardInterrupt):
+            error_line("interrupted")
+        raise
+    except KeyboardInterrupt:
         error_line("interrupted")
         sys.exit(130)
 

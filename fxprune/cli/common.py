@@ -124,23 +124,26 @@ def check_choice(option: str, value: str, registry: str) -> str:
 
 class RegistryCommand(TyperCommand):
     """Fills ``{scorers}``-style placeholders in option help from the registries, lazily:
-    only when this command's options are listed (its --help) or parsed."""
+    only when this command's help is shown (parsing never imports a registry)."""
 
-    def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)
-        for param in params:
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
             text = getattr(param, "help", None)
-            if not text or "{" not in text:
-                continue
-            for key, names in REGISTRIES.items():
-                token = "{" + key + "}"
-                if token in text:
-                    try:
-                        text = text.replace(token, ", ".join(names()))
-                    except Exception:  # noqa: BLE001 - an optional dependency missing: help still renders
-                        text = text.replace(token, f"see the {key} registry")
-            param.help = text
-        return params
+            if text and "{" in text:
+                param.help = fill_choices(text)
+        super().format_help(ctx, formatter)
+
+
+def fill_choices(text: str) -> str:
+    """``"Scorer: {scorers}."`` -> ``"Scorer: l1, random, synflow, synflow_flops."``"""
+    for key, names in REGISTRIES.items():
+        token = "{" + key + "}"
+        if token in text:
+            try:
+                text = text.replace(token, ", ".join(names()))
+            except Exception:  # noqa: BLE001 - an optional dependency missing: help still renders
+                text = text.replace(token, f"see the {key} registry")
+    return text
 
 
 # --- shared options ----------------------------------------------------------------------

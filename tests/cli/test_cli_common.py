@@ -118,3 +118,21 @@ def test_defaults_are_shared_by_cli_and_api():
     cli = inspect.signature(prune_command).parameters
     for name in ("ratio", "min_ratio", "scorer"):
         assert api[name].default == cli[name].default == getattr(defaults, name.upper())
+
+
+@pytest.mark.parametrize("delay", [1.0, 3.0])
+def test_ctrl_c_in_a_real_process_is_one_line_and_leaves_nothing(delay, tmp_path):
+    import signal
+
+    out = tmp_path / "slim"
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", "from fxprune.cli import main; main()", "prune",
+         "fxprune:resnet56", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    time.sleep(delay)  # parsing, importing torch, tracing or scoring: any moment will do
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-800:]
+    assert "Traceback" not in stderr and not stdout.strip(), (stdout[-800:], stderr)
+    assert stderr.strip() in ("error: interrupted; nothing was written", "error: interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
