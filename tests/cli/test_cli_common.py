@@ -125,7 +125,7 @@ def test_ctrl_c_in_a_real_process_is_one_line_and_leaves_nothing(delay, tmp_path
     import signal
 
     out = tmp_path / "slim"
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter
+    process = subprocess.Popen(
         [sys.executable, "-c", "from fxprune.cli import main; main()", "prune",
          "fxprune:resnet56", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
