@@ -99,11 +99,11 @@ def matched_ratio(
     for _ in range(14):
         mid = (low + high) / 2
         result = fxprune.prune(model, x, ratio=mid, scorer=scorer, graph=graph)
-        if best is None or abs(result.flops_after - target_macs) < abs(
-            best.flops_after - target_macs
+        if best is None or abs(result.macs_after - target_macs) < abs(
+            best.macs_after - target_macs
         ):
             best = result
-        if result.flops_after > target_macs:
+        if result.macs_after > target_macs:
             low = mid
         else:
             high = mid
@@ -122,7 +122,7 @@ def run_model(name: str, args: argparse.Namespace, data, scorer: str) -> list[Ro
         torch.manual_seed(args.seed)
         return create_model(name, num_classes=data.num_classes)
 
-    dense_report = fxprune.count_flops(fresh(), x)
+    dense_report = fxprune.macs_report(fresh(), x)
     rows = []
 
     def row(method, acc, macs, params, removed, seconds):
@@ -183,7 +183,7 @@ def run_model(name: str, args: argparse.Namespace, data, scorer: str) -> list[Ro
         row(
             f"{scorer}@init r={pruned.plan.settings['ratio']:.3f}",
             acc,
-            pruned.flops_after,
+            pruned.macs_after,
             pruned.params_after,
             f"0/{sections}",
             time.perf_counter() - started,

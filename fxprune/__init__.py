@@ -6,25 +6,47 @@
     >>> result.plan       # PrunePlan, JSON-serialisable
 """
 
-from .api import PruneConfig, PruneResult, analyze, apply_plan, load_slim, prune, save_slim
-from .errors import (
-    ConfigError,
-    DataError,
-    ExportError,
-    FxPruneError,
-    ModelLoadError,
-    PlanError,
-    ProfileError,
-    ScoreError,
-    TraceError,
-)
-from .flops import count_flops, count_macs, count_params
-from .graph import ChannelGraph, ChannelGroup, build_channel_graph
-from .plan import PrunePlan
-from .surgery import slim
-from .trace import trace_model
-from .train_prune import TrainPruneOptions, TrainPruneResult, train_prune
-from .verify import verify_equivalence
+import importlib
+from typing import Any
+
+# Public names -> the module defining them. They are imported on first use (PEP 562), so
+# `import fxprune` (and the command line's --help) does not pay for torch until needed.
+_EXPORTS = {
+    "PruneConfig": ".api", "PruneResult": ".api", "analyze": ".api", "apply_plan": ".api",
+    "load_slim": ".api", "prune": ".api", "save_slim": ".api",
+    "ConfigError": ".errors", "DataError": ".errors", "ExportError": ".errors",
+    "FxPruneError": ".errors", "ModelLoadError": ".errors", "PlanError": ".errors",
+    "ProfileError": ".errors", "ScoreError": ".errors", "TraceError": ".errors",
+    "ChannelGraph": ".analysis", "ChannelGroup": ".analysis",
+    "count_macs": ".cost", "count_params": ".cost", "macs_report": ".cost",
+    "build_channel_graph": ".ops", "register_function": ".ops", "register_method": ".ops",
+    "register_module": ".ops",
+    "PrunePlan": ".plan",
+    "slim": ".surgery",
+    "trace_model": ".trace",
+    "TrainPruneOptions": ".train_prune", "TrainPruneResult": ".train_prune",
+    "train_prune": ".train_prune",
+    "verify_equivalence": ".verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    else:  # a submodule used as an attribute: fxprune.loading, fxprune.io, ...
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'fxprune' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 
@@ -41,7 +63,7 @@ __all__ = [
     "train_prune",
     "TrainPruneOptions",
     "TrainPruneResult",
-    "count_flops",
+    "macs_report",
     "count_macs",
     "count_params",
     "PruneConfig",
@@ -49,6 +71,9 @@ __all__ = [
     "PrunePlan",
     "ChannelGraph",
     "ChannelGroup",
+    "register_module",
+    "register_function",
+    "register_method",
     "FxPruneError",
     "TraceError",
     "ModelLoadError",

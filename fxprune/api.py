@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,23 +13,25 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from . import defaults, io
+from .analysis import ChannelGraph
+from .cost import macs_report
 from .errors import ConfigError, PlanError
-from .flops import count_flops
-from .graph import ChannelGraph, build_channel_graph
+from .ops import build_channel_graph
 from .plan import PrunePlan, keep_from_plan, make_plan
 from .scoring import class_scores, get_scorer
-from .select import check_ratios, select_channels
+from .selection import check_ratios, select_channels, select_for_target
 from .surgery import slim
-from .trace import _as_tuple, trace_model
+from .trace import as_input_tuple, propagate_shapes, trace_model
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     """Settings of one pruning run; round-trips through ``to_dict``/``from_dict``."""
 
-    ratio: float = 0.5
-    min_ratio: float = 0.15
-    scorer: str = "l1"
+    ratio: float = defaults.RATIO
+    min_ratio: float = defaults.MIN_RATIO
+    scorer: str = defaults.SCORER
     round_to: int | None = None
     target: str | None = None  # e.g. "flops=0.3": keep 30% of MACs (FLOPs-aware selection)
 
@@ -58,8 +58,8 @@ class PruneResult:
     keep: np.ndarray
     params_before: int
     params_after: int
-    flops_before: int  # MACs
-    flops_after: int
+    macs_before: int
+    macs_after: int
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -67,17 +67,17 @@ class PruneResult:
         return self.params_before / max(1, self.params_after)
 
     @property
-    def flops_reduction(self) -> float:
-        return self.flops_before / max(1, self.flops_after)
+    def macs_reduction(self) -> float:
+        return self.macs_before / max(1, self.macs_after)
 
     def summary(self) -> dict[str, Any]:
         return {
             "params_before": self.params_before,
             "params_after": self.params_after,
-            "macs_before": self.flops_before,
-            "macs_after": self.flops_after,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
             "param_reduction": round(self.param_reduction, 4),
-            "macs_reduction": round(self.flops_reduction, 4),
+            "macs_reduction": round(self.macs_reduction, 4),
             "channels_before": int(self.graph.num_classes),
             "channels_after": int(self.keep.sum()),
         }
@@ -92,8 +92,8 @@ class PruneResult:
         t.add_column("reduction", justify="right")
         t.add_row("params", f"{self.params_before:,}", f"{self.params_after:,}",
                   f"{self.param_reduction:.2f}x")
-        t.add_row("MACs", f"{self.flops_before:,}", f"{self.flops_after:,}",
-                  f"{self.flops_reduction:.2f}x")
+        t.add_row("MACs", f"{self.macs_before:,}", f"{self.macs_after:,}",
+                  f"{self.macs_reduction:.2f}x")
         t.add_row("channels", f"{self.graph.num_classes:,}", f"{int(self.keep.sum()):,}",
                   f"{self.graph.num_classes / max(1, int(self.keep.sum())):.2f}x")
         return t
@@ -110,9 +110,9 @@ def analyze(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = (),
 def prune(
     model: nn.Module,
     example_inputs: Any,
-    ratio: float = 0.5,
-    min_ratio: float = 0.15,
-    scorer: Any = "l1",
+    ratio: float = defaults.RATIO,
+    min_ratio: float = defaults.MIN_RATIO,
+    scorer: Any = defaults.SCORER,
     *,
     round_to: int | None = None,
     target: str | None = None,
@@ -130,7 +130,7 @@ def prune(
     """
     scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", "custom")
     config = PruneConfig(ratio, min_ratio, scorer_name, round_to, target)
-    inputs = _as_tuple(example_inputs)
+    inputs = as_input_tuple(example_inputs)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     if graph is None:  # read-only analysis: slim() and the scorers copy before writing
@@ -141,22 +141,20 @@ def prune(
     if getattr(score_fn, "needs_data", False) and data is None:
         raise ConfigError(f"scorer '{scorer_name}' needs a data batch: pass data=(inputs, targets)")
     raw = score_fn(graph, inputs, data)
-    if getattr(score_fn, "class_level", False):
+    if getattr(score_fn, "class_level", False):  # optional for user scorers
         scores = np.asarray(raw, dtype=np.float64)
     else:
         scores = class_scores(graph, raw)
     times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if target is not None:
-        from .flops_target import select_for_target
-
         keep = select_for_target(graph, scores, inputs, target, min_ratio, round_to)
     else:
         keep = select_channels(graph, scores, ratio, min_ratio, round_to)
     slim_gm = slim(graph, keep)
     times["slim"] = time.perf_counter() - t0
-    before = count_flops(graph.gm, inputs)
-    after = count_flops(slim_gm, inputs)
+    before = macs_report(graph.gm, inputs)
+    after = macs_report(slim_gm, inputs)
     result = PruneResult(slim_gm, None, graph, keep, before.params, after.params,  # type: ignore[arg-type]
                          before.macs, after.macs, times)
     result.plan = make_plan(graph, keep, config.to_dict(), result.summary())
@@ -173,8 +171,7 @@ def apply_plan(model: nn.Module, plan: PrunePlan | dict | str | os.PathLike, exa
         plan = PrunePlan.load(plan)
     removed = plan.settings.get("removed_sections") or []
     if removed:  # a train-prune plan: drop the removed residual sections first
-        from .gates import find_sections, remove_sections
-        from .trace import propagate_shapes
+        from .sections import find_sections, remove_sections
 
         gm = trace_model(model, example_inputs, leaf_modules)
         wanted = {entry["add"] for entry in removed}
@@ -183,7 +180,7 @@ def apply_plan(model: nn.Module, plan: PrunePlan | dict | str | os.PathLike, exa
             missing = wanted - {s.key for s in sections}
             raise PlanError(f"plan removes residual sections this model does not have: {sorted(missing)}")
         remove_sections(gm, sections)
-        propagate_shapes(gm, _as_tuple(example_inputs))
+        propagate_shapes(gm, as_input_tuple(example_inputs))
         graph = build_channel_graph(gm)
     else:
         graph = analyze(model, example_inputs, leaf_modules)
@@ -191,41 +188,27 @@ def apply_plan(model: nn.Module, plan: PrunePlan | dict | str | os.PathLike, exa
     return slim(graph, keep)
 
 
-SLIM_FILE = "slim.pt"
-META_FILE = "meta.json"
+SLIM_FILE = io.SLIM_FILE
+META_FILE = io.META_FILE
 
 
 def save_slim(model: fx.GraphModule, directory: str | os.PathLike, example_inputs: Any,
               extra: dict[str, Any] | None = None) -> None:
-    """Write ``slim.pt`` (the pickled GraphModule) and ``meta.json`` into ``directory``."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    inputs = _as_tuple(example_inputs)
-    torch.save(model, d / SLIM_FILE)
-    meta = {"input_shapes": [list(t.shape) for t in inputs], **(extra or {})}
-    (d / META_FILE).write_text(json.dumps(meta, indent=1))
+    """Write ``slim.pt`` (the pickled GraphModule) and ``meta.json`` (each input's shape,
+    dtype, integer range and name; the output structure) into ``directory``."""
+    io.write_slim(directory, model, example_inputs, extra)
 
 
 def load_slim(directory: str | os.PathLike) -> tuple[fx.GraphModule, tuple[torch.Tensor, ...]]:
-    """Load a slim model written by ``fxprune prune --out DIR``: ``(model, example_inputs)``.
+    """Load a slim model written by ``fxprune prune --out DIR``: ``(model, example_inputs)``,
+    the inputs rebuilt from ``meta.json`` (same shapes, dtypes, integer ranges).
 
     The file is a pickled GraphModule: ``torch.load(DIR / "slim.pt", weights_only=False)``
     works with torch alone (no fxprune, no model source) as long as its leaf modules are
     torch classes; custom leaf modules need their source importable.
     """
-    d = Path(directory)
-    path = d / SLIM_FILE
-    if not path.is_file():
-        raise PlanError(f"no slim model in {d} (expected {SLIM_FILE})")
-    try:
-        model = torch.load(path, weights_only=False, map_location="cpu")
-    except Exception as exc:  # corrupt file, missing class
-        raise PlanError(f"could not load {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-    shapes = [[1, 3, 32, 32]]
-    if (d / META_FILE).is_file():
-        shapes = json.loads((d / META_FILE).read_text()).get("input_shapes", shapes)
-    gen = torch.Generator().manual_seed(0)
-    return model, tuple(torch.randn(*s, generator=gen) for s in shapes)
+    model, inputs, _ = io.read_slim(directory)
+    return model, inputs
 
 
 __all__ = ["analyze", "prune", "apply_plan", "PruneConfig", "PruneResult", "save_slim", "load_slim"]

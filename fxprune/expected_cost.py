@@ -13,10 +13,10 @@ group this is
 
 with ``K_gc`` the number of (o, i) pairs of group ``g`` that are both of class ``c``. The
 weight ``w`` is ``prod(kernel)`` for parameters and ``prod(kernel) * output spatial size``
-for MACs (per example, the convention of ``flops.py``). Biases and per-channel norm
+for MACs (per example, the convention of ``cost.py``). Biases and per-channel norm
 parameters are linear in theta; anything the rules do not know (a functional conv, a
 custom leaf module) is a constant times its sections. At theta = 1 the polynomials equal
-``count_flops(...).macs`` and ``count_params`` for conv/linear/norm networks.
+``macs_report(...).macs`` and ``count_params`` for conv/linear/norm networks.
 
 ``ExpectedCost.l2`` is the same construction weighted by squared weights: the expected
 squared norm ``E[||xi * W||^2]`` of the weights the sampled network actually uses (the
@@ -36,7 +36,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import ChannelGraph
+from .analysis import ChannelGraph
 from .trace import META_SHAPE
 
 CostRule = Callable[["CostBuilder", fx.Node, nn.Module, str, bool], None]
@@ -416,7 +416,7 @@ _MATMUL_FUNCTIONS = (torch.matmul, operator.matmul, torch.bmm, torch.mm)
 
 
 def _functional_macs(node: fx.Node, batch: int) -> float:
-    """MACs of functional convs / linears / matmuls, as ``flops.py`` counts them."""
+    """MACs of functional convs / linears / matmuls, as ``cost.py`` counts them."""
     out = node.meta.get(META_SHAPE)
     if not isinstance(out, tuple):
         return 0.0

@@ -23,15 +23,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .analysis import ChannelGraph
 from .errors import PlanError
-from .graph import ChannelGraph
+from .io import atomic_write_text, read_json
 from .surgery import kept_indices
 
 PLAN_VERSION = 1
@@ -82,26 +81,11 @@ class PrunePlan:
             raise PlanError(f"plan is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(Path(path), self.to_json())
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PrunePlan":
-        p = Path(path)
-        if not p.is_file():
-            raise PlanError(f"plan file not found: {p}")
-        return cls.from_json(p.read_text())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return cls.from_dict(read_json(path, "plan file"))
 
 
 def make_plan(graph: ChannelGraph, keep: np.ndarray, settings: dict[str, Any],

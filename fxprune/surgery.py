@@ -1,6 +1,6 @@
 """Slim surgery: a NEW GraphModule whose parameters are physically smaller.
 
-``slim(graph, keep)`` deep-copies the traced model, asks each module's handler to cut
+``slim(graph, keep)`` deep-copies the traced model, asks each module's op rule to cut
 its parameters and attributes (``in_channels``, ``num_features``, ``groups``, ...),
 slices ``get_attr`` tensors, and lets op rules rewrite constant arguments that encode
 channel counts (split sizes, view shapes, slice bounds). The input is never modified.
@@ -16,9 +16,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .analysis import META_LABELS, ChannelGraph
 from .errors import PlanError
-from .graph import META_LABELS, ChannelGraph
-from .handlers import module_handler_for, rule_for
+from .ops import module_rule_for, rule_for
 
 
 class RewriteContext:
@@ -77,8 +77,8 @@ def slim(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
             _slice_attr(new, space.owner, space.dim, idx)
     for owner, keep_by_attr in by_module.items():
         module = new.get_submodule(owner)
-        handler = module_handler_for(module)
-        handler.slice_(module, keep_by_attr)
+        rule = module_rule_for(module)
+        rule.slice_(module, keep_by_attr)
     ctx = RewriteContext(graph, keep)
     for node in new.graph.nodes:
         rule = rule_for(node)

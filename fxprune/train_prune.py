@@ -82,12 +82,13 @@ from torch import nn
 
 from .errors import ConfigError, DataError
 from .expected_cost import ExpectedCost, build_expected_cost
-from .flops import count_flops
+from .cost import macs_report
 from .gates import GateBank, Section, build_gated_module, find_sections, remove_sections
-from .graph import ChannelGraph, build_channel_graph
+from .analysis import ChannelGraph
+from .ops import build_channel_graph
 from .plan import PrunePlan, make_plan
 from .surgery import kept_indices, slim
-from .trace import _as_tuple, trace_model
+from .trace import as_input_tuple, trace_model
 
 
 # ------------------------------------------------------------------------------ config
@@ -668,7 +669,7 @@ def train_prune(
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"lr must be > 0, got {lr!r}")
     options = options or TrainPruneOptions()
-    inputs = _as_tuple(example_inputs)
+    inputs = as_input_tuple(example_inputs)
     device = _device_of(model)
     inputs = tuple(t.to(device) for t in inputs)
     torch.manual_seed(options.seed)
@@ -681,7 +682,7 @@ def train_prune(
         theta_init=options.theta_init,
     )
     macs0, params0 = state.cost.at_ones()
-    dense = count_flops(state.plain, inputs)
+    dense = macs_report(state.plain, inputs)
     history = TrainPruneHistory(
         unit_ids=state.initial_units,
         unit_groups=state.initial_unit_groups,
@@ -785,7 +786,7 @@ def train_prune(
             state.gated, train_loader, options.recalibration_batches, device, state.bank
         )
         accuracy = _accuracy(state.gated, val_loader, device)
-        report = count_flops(state.plain, inputs)
+        report = macs_report(state.plain, inputs)
         with torch.no_grad():
             emacs, eparams = state.cost(state.bank.theta, state.bank.zeta)
         record = EpochRecord(
@@ -817,7 +818,7 @@ def train_prune(
     )
     final.train(False)
     accuracy = _accuracy(final, val_loader, device)
-    after = count_flops(final, inputs)
+    after = macs_report(final, inputs)
     settings = {
         "method": "train_prune",
         "gamma": gamma,

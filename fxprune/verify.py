@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .graph import META_LABELS, ChannelGraph
+from .analysis import META_LABELS, ChannelGraph
 from .trace import tensor_leaves
 
 

@@ -77,8 +77,8 @@ class NetworkFactory:
             macs_after = getattr(result, "macs_after", None)
             self.proxy_info = ProxyInfo(
                 params_before=int(result.params_before), params_after=int(result.params_after),
-                flops_before=int(macs_before if macs_before is not None else result.flops_before),
-                flops_after=int(macs_after if macs_after is not None else result.flops_after),
+                flops_before=int(macs_before if macs_before is not None else result.macs_before),
+                flops_after=int(macs_after if macs_after is not None else result.macs_after),
                 ratio=config.ratio, min_ratio=config.min_ratio, scorer=config.scorer,
                 prune_seconds=time.perf_counter() - start,
             )

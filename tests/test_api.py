@@ -13,7 +13,7 @@ from torch import nn
 import fxprune
 from fxprune.errors import ConfigError, TraceError
 from fxprune.models import create_model
-from fxprune.select import select_channels
+from fxprune.selection import select_channels
 from fxprune.verify import verify_equivalence
 
 

@@ -447,7 +447,7 @@ def test_inplace_relu_and_iadd():
 
 
 def test_handler_registry_rejects_duplicates():
-    from fxprune.handlers import register_function
+    from fxprune.ops import register_function
 
     with pytest.raises(KeyError, match="already registered"):
         register_function(operator.add)(lambda b, n: None)

@@ -197,7 +197,7 @@ def test_gated_network_with_fixed_gates_equals_masked_dense_reference(state, inp
 
 # ----------------------------------------------------------------- cost polynomials
 def test_cost_at_all_ones_equals_counted_macs_and_params(state, inputs):
-    report = fxprune.count_flops(state.plain, inputs)
+    report = fxprune.macs_report(state.plain, inputs)
     macs, params = state.cost.at_ones()
     assert macs == pytest.approx(report.macs, abs=0.5)
     assert params == pytest.approx(report.params, abs=0.5)
@@ -218,7 +218,7 @@ def test_cost_at_binary_gates_equals_the_slimmed_model(inputs):
         event = state.remove(~on_units, ~on_sections)
         if event is not None and (event["kept_last_channel"] or event["sections_by_units"]):
             continue  # a guard changed the structure: not the sampled network
-        report = fxprune.count_flops(state.plain, inputs)
+        report = fxprune.macs_report(state.plain, inputs)
         assert float(macs) == pytest.approx(report.macs, abs=0.5)
         assert float(params) == pytest.approx(report.params, abs=0.5)
         checked += 1
@@ -251,14 +251,14 @@ def test_removed_structures_match_the_gated_network_with_those_gates_off(state, 
         state.bank.zeta[block1] = 0.0
         expected = state.gated(*inputs)  # eval: rounded gates
     units_before = len(state.units)
-    params_before = fxprune.count_flops(state.plain, inputs).params
+    params_before = fxprune.macs_report(state.plain, inputs).params
     assert state.check(threshold=0.05, patience=2) is None  # first check: below once
     event = state.check(threshold=0.05, patience=2)
     assert event is not None and event["sections"] == ["block1"]
     assert len(state.units) < units_before
     assert "block1" not in [s.name for s in state.sections]
     assert GATES_TARGET not in dict(state.plain.named_modules())
-    assert fxprune.count_flops(state.plain, inputs).params < params_before
+    assert fxprune.macs_report(state.plain, inputs).params < params_before
     with torch.no_grad():
         assert torch.allclose(state.plain(*inputs), expected, atol=1e-5)
         assert torch.allclose(state.gated(*inputs), expected, atol=1e-5)
@@ -372,7 +372,7 @@ def test_result_is_a_plain_model_with_plan_and_history(tmp_path):
     plan = fxprune.PrunePlan.from_json(result.plan.to_json())
     assert plan.settings["method"] == "train_prune"
     assert [s["name"] for s in plan.settings["removed_sections"]] == result.removed_sections
-    assert result.macs_after == fxprune.count_flops(result.model, torch.randn(*INPUT_SHAPE)).macs
+    assert result.macs_after == fxprune.macs_report(result.model, torch.randn(*INPUT_SHAPE)).macs
     result.history.plot(tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 1000
 

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ScoreError
-from .trace import tensor_leaves
-from .scoring import producer_weight, register_scorer
+from ..errors import ScoreError
+from ..trace import tensor_leaves
+from .base import producer_weight, register_scorer
 
 
 def _first_non_finite(model, inputs) -> str:
@@ -76,6 +76,7 @@ class SynflowScorer:
 
     name = "synflow"
     needs_data = False
+    class_level = False
 
     def __init__(self, linearize: bool = False):
         self.linearize = linearize
@@ -111,6 +112,7 @@ class SnipScorer:
 
     name = "snip"
     needs_data = True
+    class_level = False
 
     def __call__(self, graph, example_inputs, data=None):
         inputs, targets = data

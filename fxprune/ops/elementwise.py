@@ -8,10 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-from .common import _spatial_passthrough, arg, elementwise, out_shape
-from .registry import ModuleHandler, register_function, register_method, register_module
-
+from .common import arg, elementwise, out_shape, spatial_passthrough
+from .registry import ModuleRule, register_function, register_method, register_module
 
 # ------------------------------------------------------------------ elementwise family
 _ELEMENTWISE_FUNCTIONS = [
@@ -211,7 +209,7 @@ _PASSTHROUGH_MODULES = [
 ]
 
 
-class PassThrough(ModuleHandler):
+class PassThrough(ModuleRule):
     def propagate(self, b, node, module, name):
         return elementwise(b, node)
 
@@ -220,7 +218,7 @@ register_module(*_PASSTHROUGH_MODULES)(PassThrough)
 
 
 # ---------------------------------------------------------------- spatial family
-class Spatial(ModuleHandler):
+class Spatial(ModuleRule):
     """Pooling / upsampling / padding modules: channels pass, trailing dims are plain."""
 
     def propagate(self, b, node, module, name):
@@ -228,7 +226,7 @@ class Spatial(ModuleHandler):
         spatial = int(cls[-2]) if cls[-2].isdigit() else 2
         if isinstance(module, nn.Upsample):
             spatial = len(out_shape(node) or ()) - 2
-        return _spatial_passthrough(b, node, node.args[0], spatial)
+        return spatial_passthrough(b, node, node.args[0], spatial)
 
 
 register_module(
@@ -266,7 +264,7 @@ register_module(
 
 def _functional_spatial(spatial: int):
     def propagate(b, node):
-        return _spatial_passthrough(b, node, node.args[0], spatial)
+        return spatial_passthrough(b, node, node.args[0], spatial)
 
     return propagate
 
@@ -297,7 +295,7 @@ for _k, _fns in {
 @register_function(F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear)
 def _interpolate(b, node):
     shape = out_shape(node)
-    return _spatial_passthrough(b, node, node.args[0], len(shape) - 2 if shape else 0)
+    return spatial_passthrough(b, node, node.args[0], len(shape) - 2 if shape else 0)
 
 
 @register_function(F.pad, torch.constant_pad_nd)

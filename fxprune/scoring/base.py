@@ -17,18 +17,23 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.fx as fx
-from torch import nn
 
-from .errors import ConfigError, ScoreError
-from .graph import ChannelGraph, Space
+from ..analysis import ChannelGraph, Space
+from ..errors import ConfigError, ScoreError
+from ..ops import module_rule_for
 
 
 class Scorer(Protocol):
+    """``name``: registry key; ``needs_data``: wants a batch ``(inputs, targets)``;
+    ``class_level``: returns one score per channel class (an array of length
+    ``graph.num_classes``) instead of ``{producer space key: one score per index}``."""
+
     name: str
     needs_data: bool
+    class_level: bool
 
     def __call__(self, graph: ChannelGraph, example_inputs: tuple, data: Any = None
-                 ) -> dict[str, np.ndarray]: ...
+                 ) -> dict[str, np.ndarray] | np.ndarray: ...
 
 
 SCORERS: dict[str, Callable[..., Scorer]] = {}
@@ -45,37 +50,36 @@ def register_scorer(name: str):
 
 
 def get_scorer(name: str | Scorer, **options) -> Scorer:
+    """A scorer instance by registry name (``options`` go to its constructor); a scorer
+    object is returned as is. The built-in scorers register when ``fxprune.scoring``
+    is imported, which importing this module always does first."""
     if not isinstance(name, str):
         return name
-    _load_builtin_scorers()
     if name not in SCORERS:
-        raise ConfigError(f"unknown scorer {name!r}; choose one of {', '.join(sorted(SCORERS))}")
+        raise ConfigError(f"unknown scorer {name!r}; choose one of {', '.join(list_scorers())}")
     return SCORERS[name](**options)
 
 
-def _load_builtin_scorers() -> None:
-    from . import flops_target, synflow  # noqa: F401  (registration side effect)
+def list_scorers() -> list[str]:
+    """Registered scorer names, sorted (the CLI's choices)."""
+    return sorted(SCORERS)
 
 
 def producer_weight(gm: fx.GraphModule, space: Space) -> tuple[torch.Tensor, int] | None:
-    """The tensor whose ``dim`` indexes ``space`` (weight of conv/linear, or the attr)."""
+    """The tensor whose ``dim`` indexes ``space``: a ``get_attr`` tensor itself, or the
+    module parameter its op rule names (``ModuleRule.producer_weight``)."""
     if space.kind == "parameter":
         obj: Any = gm
         for part in space.owner.split("."):
             obj = getattr(obj, part)
         return obj, space.dim
     module = gm.get_submodule(space.owner)
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor):
+    rule = module_rule_for(module)
+    got = rule.producer_weight(module, space.attr) if rule is not None else None
+    if got is None:
         return None
-    if space.attr == "out_channels":
-        transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-        return weight, 1 if transposed else 0
-    if space.attr in ("out_features",):
-        return weight, 0
-    if space.attr == "embedding_dim":
-        return weight, 1
-    return None
+    weight = getattr(module, got[0], None)
+    return (weight, got[1]) if isinstance(weight, torch.Tensor) else None
 
 
 def class_scores(graph: ChannelGraph, space_scores: dict[str, np.ndarray]) -> np.ndarray:
@@ -97,40 +101,12 @@ def class_scores(graph: ChannelGraph, space_scores: dict[str, np.ndarray]) -> np
     return out
 
 
-def _reduce_over_fan(w: torch.Tensor, dim: int, fn) -> np.ndarray:
-    w = w.detach().double().movedim(dim, 0).reshape(w.shape[dim], -1)
-    return fn(w).cpu().numpy()
-
-
-@register_scorer("l1")
-class L1Scorer:
-    """Mean absolute weight per output channel (magnitude pruning, Li et al. 2017)."""
-
-    name = "l1"
-    needs_data = False
-
-    def __call__(self, graph, example_inputs, data=None):
-        out = {}
-        for space in graph.producer_spaces():
-            got = producer_weight(graph.gm, space)
-            if got is not None:
-                out[space.key] = _reduce_over_fan(got[0], got[1], lambda w: w.abs().mean(1))
-        return out
-
-
-@register_scorer("random")
-class RandomScorer:
-    """Uniform random scores (a baseline); ``seed`` makes it reproducible."""
-
-    name = "random"
-    needs_data = False
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-
-    def __call__(self, graph, example_inputs, data=None):
-        rng = np.random.default_rng(self.seed)
-        return {s.key: rng.random(len(s.atoms)) for s in graph.producer_spaces()}
-
-
-__all__ = ["Scorer", "SCORERS", "register_scorer", "get_scorer", "class_scores", "producer_weight"]
+__all__ = [
+    "Scorer",
+    "SCORERS",
+    "register_scorer",
+    "get_scorer",
+    "list_scorers",
+    "class_scores",
+    "producer_weight",
+]

@@ -1,12 +1,13 @@
-"""Helpers shared by op handlers: argument access, broadcasting merges, parameter slicing."""
+"""Helpers shared by op rules: argument access, broadcasting merges, parameter slicing."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch.fx as fx
 
-from ..graph import Builder, Labels
+from ..analysis import Builder, Labels
 from ..trace import META_SHAPE
 
 
@@ -17,13 +18,26 @@ def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     return node.kwargs.get(name, default)
 
 
-def _norm_dim(d: int, ndim: int) -> int:
+def norm_dim(d: int, ndim: int) -> int:
     return d + ndim if d < 0 else d
 
 
-def out_shape(node: fx.Node) -> tuple | None:
-    s = node.meta.get(META_SHAPE)
+def shape_of(value: Any) -> tuple | None:
+    """The shape of a tensor-valued node (from ``trace``'s shape propagation), else None."""
+    if not isinstance(value, fx.Node):
+        return None
+    s = value.meta.get(META_SHAPE)
     return s if isinstance(s, tuple) and all(isinstance(x, int) for x in s) else None
+
+
+def out_shape(node: fx.Node) -> tuple | None:
+    return shape_of(node)
+
+
+def numel(value: Any) -> int:
+    """Element count of a tensor-valued node (0 when it is not one)."""
+    s = shape_of(value)
+    return math.prod(s) if s is not None else 0
 
 
 def merge_elementwise(b: Builder, node: fx.Node, operands: list[fx.Node], shape: tuple) -> Labels:
@@ -67,7 +81,7 @@ def elementwise(b: Builder, node: fx.Node) -> Labels | None:
     return merge_elementwise(b, node, b.tensor_args(node), shape)
 
 
-def _spatial_passthrough(b: Builder, node: fx.Node, x: fx.Node, spatial: int) -> Labels:
+def spatial_passthrough(b: Builder, node: fx.Node, x: fx.Node, spatial: int) -> Labels:
     """Ops acting on the trailing ``spatial`` dims (pooling, interpolation)."""
     xl = b.labels(x)
     shape = out_shape(node)

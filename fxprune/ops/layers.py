@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import Builder, Labels
-
-from .common import arg, out_shape
-from .registry import ModuleHandler, register_function, register_module
+from ..analysis import Builder, Labels
+from .common import arg, numel, out_shape, shape_of
+from .registry import ModuleRule, register_function, register_module
 
 
 # ------------------------------------------------------------------ conv / linear
@@ -50,8 +50,17 @@ def _kept_groups(keep_in: np.ndarray, per_group: int, groups: int) -> np.ndarray
     return kept
 
 
-class _ConvBase(ModuleHandler):
+class _ConvBase(ModuleRule):
     transposed = False
+
+    def producer_weight(self, m, attr):
+        # weight: (C_out, C_in/groups, *k); transposed: (C_in, C_out/groups, *k)
+        return ("weight", 1 if self.transposed else 0) if attr == "out_channels" else None
+
+    def macs(self, node, m):
+        if self.transposed:  # every input element meets C_out/groups kernels
+            return numel(node.args[0]) * m.out_channels // m.groups * math.prod(m.kernel_size)
+        return numel(node) * math.prod(m.weight.shape[1:])  # out.numel * C_in/groups * k
 
     def propagate(self, b, node, m, name):
         x = node.args[0]
@@ -97,7 +106,13 @@ class ConvTranspose(_ConvBase):
 
 
 @register_module(nn.Linear)
-class Linear(ModuleHandler):
+class Linear(ModuleRule):
+    def producer_weight(self, m, attr):
+        return ("weight", 0) if attr == "out_features" else None
+
+    def macs(self, node, m):
+        return numel(node) * m.in_features
+
     def propagate(self, b, node, m, name):
         xl = b.labels(node.args[0])
         out_atoms = b.module_space(name, "out_features", m.out_features, producer=True)
@@ -116,7 +131,10 @@ class Linear(ModuleHandler):
 
 
 @register_module(nn.Embedding)
-class Embedding(ModuleHandler):
+class Embedding(ModuleRule):
+    def producer_weight(self, m, attr):
+        return ("weight", 1) if attr == "embedding_dim" else None
+
     def propagate(self, b, node, m, name):
         shape = out_shape(node)
         atoms = b.module_space(name, "embedding_dim", m.embedding_dim, producer=True)
@@ -132,7 +150,7 @@ class Embedding(ModuleHandler):
 _CHANNEL_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 
-class _PerChannel(ModuleHandler):
+class _PerChannel(ModuleRule):
     """Norms with per-channel parameters on dim 1 (``num_features``)."""
 
     attr = "num_features"
@@ -203,7 +221,7 @@ class GroupNorm(_PerChannel):
 
 
 @register_module(nn.LayerNorm)
-class LayerNorm(ModuleHandler):
+class LayerNorm(ModuleRule):
     def propagate(self, b, node, m, name):
         xl = list(b.labels(node.args[0]))
         k = len(m.normalized_shape)
@@ -237,7 +255,7 @@ class LayerNorm2d(LayerNorm):
 
 
 @register_module(nn.PReLU)
-class PReLU(ModuleHandler):
+class PReLU(ModuleRule):
     def propagate(self, b, node, m, name):
         xl = list(b.labels(node.args[0]))
         if m.num_parameters > 1:
@@ -258,9 +276,17 @@ def _bias_tie(b, bias, atoms, where):
         b.tie(atoms, bl[0], where) if bl[0] is not None else b.freeze(atoms, where)
 
 
-@register_function(F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d)
+def _functional_conv_macs(node):
+    weight = shape_of(arg(node, 1, "weight"))
+    return numel(node) * math.prod(weight[1:]) if weight else 0
+
+
+@register_function(
+    F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
+    macs=_functional_conv_macs,
+)
 def _functional_conv(b, node):
-    x, w, bias = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
+    x, w, bias = arg(node, 0, "input"), arg(node, 1, "weight"), arg(node, 2, "bias")
     groups = arg(node, 6, "groups", 1)
     xl, wl, shape = b.labels(x), b.labels(w), out_shape(node)
     if xl is None or wl is None or shape is None or not isinstance(groups, int):
@@ -278,9 +304,14 @@ def _functional_conv(b, node):
     return list(xl[:ch]) + [out_atoms] + [None] * spatial
 
 
-@register_function(F.linear)
+def _functional_linear_macs(node):
+    weight = shape_of(arg(node, 1, "weight"))
+    return numel(node) * weight[1] if weight and len(weight) == 2 else 0
+
+
+@register_function(F.linear, macs=_functional_linear_macs)
 def _functional_linear(b, node):
-    x, w, bias = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
+    x, w, bias = arg(node, 0, "input"), arg(node, 1, "weight"), arg(node, 2, "bias")
     xl, wl = b.labels(x), b.labels(w)
     if xl is None or wl is None or len(wl) != 2:
         return b.unhandled_op(node, "functional linear with unknown operands")

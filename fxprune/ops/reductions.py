@@ -8,14 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-from .common import _norm_dim, arg, merge_broadcast, out_shape
-from .registry import ModuleHandler, register_function, register_method, register_module
+from .common import arg, merge_broadcast, norm_dim, numel, out_shape, shape_of
+from .registry import ModuleRule, register_function, register_method, register_module
 
 
 # ------------------------------------------------------------------ matmul family
-@register_function(torch.matmul, operator.matmul, torch.mm, torch.bmm)
-@register_method("matmul", "mm", "bmm", "__matmul__")
+def _matmul_macs(node):
+    a = shape_of(node.args[0])
+    return numel(node) * a[-1] if a else 0  # out.numel * contracted size
+
+
+@register_function(torch.matmul, operator.matmul, torch.mm, torch.bmm, macs=_matmul_macs)
+@register_method("matmul", "mm", "bmm", "__matmul__", macs=_matmul_macs)
 def _matmul(b, node):
     a, c = node.args[0], node.args[1]
     al, cl, shape = b.labels(a), b.labels(c), out_shape(node)
@@ -53,7 +57,7 @@ def _reduction(kind: str):
             dims = [dims]
         if not all(isinstance(d, int) for d in dims):
             return b.unhandled_op(node, f"{kind} over non-constant dims")
-        dims = {_norm_dim(d, n) for d in dims}
+        dims = {norm_dim(d, n) for d in dims}
         for d in dims:
             if xl[d] is None:
                 continue
@@ -97,7 +101,7 @@ def _softmax(b, node):
     dim = arg(node, 1, "dim")
     if not isinstance(dim, int):
         return b.unhandled_op(node, "softmax without a constant dim")
-    d = _norm_dim(dim, len(xl))
+    d = norm_dim(dim, len(xl))
     b.mark_inexact(xl[d], f"softmax across channels at '{node.name}'")
     return list(xl)
 
@@ -107,12 +111,12 @@ register_method("softmax", "log_softmax")(_softmax)
 
 
 @register_module(nn.Softmax, nn.LogSoftmax)
-class Softmax(ModuleHandler):
+class Softmax(ModuleRule):
     def propagate(self, b, node, m, name):
         xl = b.labels(node.args[0])
         if m.dim is None:
             return b.unhandled_op(node, "Softmax without dim")
-        b.mark_inexact(xl[_norm_dim(m.dim, len(xl))], f"softmax across channels at '{name}'")
+        b.mark_inexact(xl[norm_dim(m.dim, len(xl))], f"softmax across channels at '{name}'")
         return list(xl)
 
 

@@ -7,6 +7,11 @@ deterministic: lower class id first). Then each group that would keep fewer than
 ``ceil(min_ratio * size)`` channels (never fewer than one) gets its best-scored channels
 back up to that floor. Frozen classes are always kept and count towards the floor.
 ``round_to`` then rounds each group's kept count up to a multiple (capped at its size).
+
+``target="flops=0.3"`` (``select_for_target``) replaces the channel count by a budget:
+prune in score order until the estimated MACs (``cost.CostModel``, exact for conv/linear
+MACs: a product of kept in/out widths per layer) fall to 30% of the dense model
+(``min_ratio`` still applies).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import math
 
 import numpy as np
 
+from .analysis import ChannelGraph
+from .cost import CostModel
 from .errors import ConfigError
-from .graph import ChannelGraph
 
 
 def check_ratios(ratio: float, min_ratio: float) -> None:
@@ -82,4 +88,35 @@ def _floor_spaces(graph: ChannelGraph, scores: np.ndarray, keep: np.ndarray, min
                 break
 
 
-__all__ = ["select_channels", "check_ratios"]
+def parse_target(target: str) -> float:
+    key, _, value = target.partition("=")
+    try:
+        frac = float(value)
+    except ValueError:
+        frac = -1.0
+    if key.strip().lower() not in ("flops", "macs") or not 0.0 < frac <= 1.0:
+        raise ConfigError(f"target must look like 'flops=0.3' (a fraction in (0, 1]), got {target!r}")
+    return frac
+
+
+def select_for_target(graph: ChannelGraph, scores: np.ndarray, example_inputs, target: str,
+                      min_ratio: float, round_to: int | None) -> np.ndarray:
+    """Smallest channel cut (in score order) whose estimated MACs reach the target."""
+    frac = parse_target(target)
+    cost = CostModel(graph, example_inputs)
+    goal = frac * cost.total
+    lo, hi = 0.0, 0.999
+    best = select_channels(graph, scores, hi, min_ratio, round_to)
+    if cost.macs(best) > goal:
+        return best  # the floor keeps more than the target; closest we can get
+    for _ in range(20):  # bisection on the channel ratio
+        mid = (lo + hi) / 2
+        keep = select_channels(graph, scores, mid, min_ratio, round_to)
+        if cost.macs(keep) <= goal:
+            hi, best = mid, keep
+        else:
+            lo = mid
+    return best
+
+
+__all__ = ["select_channels", "check_ratios", "parse_target", "select_for_target"]

@@ -9,18 +9,15 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..graph import META_SIZE_OF, Builder, Labels, plain_labels
+from ..analysis import META_SIZE_OF, Builder, Labels, plain_labels
 from ..trace import META_SHAPE
-
-from .common import _norm_dim, arg, elementwise, merge_elementwise, out_shape
+from .common import arg, elementwise, merge_elementwise, norm_dim, out_shape
 from .registry import (
-    size_sources,
-    FUNCTION_HANDLERS,
-    ModuleHandler,
-    OpRule,
+    ModuleRule,
     register_function,
     register_method,
     register_module,
+    size_sources,
 )
 
 
@@ -29,7 +26,7 @@ def _permute_labels(b, node, perm):
     xl = b.labels(node.args[0])
     if xl is None:
         return b.unhandled_op(node, "permute of a non-tensor")
-    return [xl[_norm_dim(p, len(xl))] for p in perm]
+    return [xl[norm_dim(p, len(xl))] for p in perm]
 
 
 @register_function(torch.permute)
@@ -51,7 +48,7 @@ def _transpose(b, node):
     if xl is None or not isinstance(d0, int) or not isinstance(d1, int):
         return b.unhandled_op(node, "transpose with non-constant dims")
     perm = list(range(len(xl)))
-    a, c = _norm_dim(d0, len(xl)), _norm_dim(d1, len(xl))
+    a, c = norm_dim(d0, len(xl)), norm_dim(d1, len(xl))
     perm[a], perm[c] = perm[c], perm[a]
     return _permute_labels(b, node, perm)
 
@@ -206,7 +203,7 @@ register_method("flatten", "unflatten", "squeeze", "unsqueeze", "ravel", "view_a
 
 
 @register_module(nn.Flatten)
-class Flatten(ModuleHandler):
+class Flatten(ModuleRule):
     def propagate(self, b, node, m, name):
         return _reshape(b, node)
 
@@ -240,7 +237,7 @@ def _roll(b, node):
         return [None] * len(xl)
     out = list(xl)
     for d in dims:
-        d = _norm_dim(d, len(xl))
+        d = norm_dim(d, len(xl))
         b.freeze(out[d], f"roll along a channel dim at '{node.name}'")
     return out
 
@@ -256,7 +253,7 @@ def _cat(b, node):
     labels = [b.labels(t) for t in tensors]
     if any(lab is None for lab in labels):
         return b.unhandled_op(node, "cat of non-tensors")
-    dim = _norm_dim(dim, len(shape))
+    dim = norm_dim(dim, len(shape))
     out: Labels = [None] * len(shape)
     for d in range(len(shape)):
         if d == dim:
@@ -283,7 +280,7 @@ def _stack(b, node):
     shape = out_shape(node)
     if not isinstance(tensors, (tuple, list)) or shape is None or not isinstance(dim, int):
         return b.unhandled_op(node, "stack with unknown operands")
-    dim = _norm_dim(dim, len(shape))
+    dim = norm_dim(dim, len(shape))
     merged = merge_elementwise(
         b, node, list(tensors), tuple(s for i, s in enumerate(shape) if i != dim)
     )
@@ -299,7 +296,7 @@ def _split_sizes(node: fx.Node, in_shape: tuple) -> tuple[list[int], int] | None
     dim = arg(node, 2, "dim", 0)
     if not isinstance(dim, int):
         return None
-    dim = _norm_dim(dim, len(in_shape))
+    dim = norm_dim(dim, len(in_shape))
     if name == "unbind":
         return None
     return [s[dim] for s in shapes], dim
@@ -351,7 +348,6 @@ register_function(torch.split, torch.chunk, rewrite=_rewrite_split)(_split)
 register_method("split", "chunk", rewrite=_rewrite_split)(_split)
 
 
-@register_function(operator.getitem, rewrite=None)
 def _getitem(b, node):
     src, index = node.args
     src_labels = b.labels(src)
@@ -411,7 +407,7 @@ def _tensor_index(b, node, xl, index):
 def _rewrite_getitem(node: fx.Node, ctx) -> None:
     src, index = node.args
     xl = ctx.labels(src)
-    if not isinstance(xl, list) or not b_is_tensor(src):
+    if not isinstance(xl, list) or not is_tensor_node(src):
         return
     parts = _index_parts(index)
     n_consumed = sum(1 for p in parts if p is not None and p is not Ellipsis)
@@ -440,12 +436,12 @@ def _rewrite_getitem(node: fx.Node, ctx) -> None:
         node.args = (src, tuple(new_parts) if isinstance(index, tuple) else new_parts[0])
 
 
-def b_is_tensor(n: fx.Node) -> bool:
+def is_tensor_node(n: fx.Node) -> bool:
     s = n.meta.get(META_SHAPE)
     return isinstance(s, tuple) and all(isinstance(x, int) for x in s)
 
 
-FUNCTION_HANDLERS[operator.getitem] = OpRule(_getitem, _rewrite_getitem)
+register_function(operator.getitem, rewrite=_rewrite_getitem)(_getitem)
 
 
 # ------------------------------------------------------------------ shape queries etc.
@@ -466,7 +462,7 @@ def _size_query(b, node):
     else:
         d = arg(node, 1, "dim")
     if isinstance(d, int):
-        node.meta[META_SIZE_OF] = frozenset({(x.name, _norm_dim(d, len(shape)))})
+        node.meta[META_SIZE_OF] = frozenset({(x.name, norm_dim(d, len(shape)))})
     elif d is None:
         node.meta[META_SIZE_OF] = tuple(frozenset({(x.name, i)}) for i in range(len(shape)))
     return None
@@ -498,13 +494,13 @@ def guard_dynamic_sizes(b, node, sizes, out) -> None:
 
 
 @register_module("torchvision.ops.misc.Permute")
-class TVPermute(ModuleHandler):
+class TVPermute(ModuleRule):
     def propagate(self, b, node, m, name):
         return _permute_labels(b, node, list(m.dims))
 
 
 @register_module(nn.ChannelShuffle)
-class ChannelShuffle(ModuleHandler):
+class ChannelShuffle(ModuleRule):
     """Same as view(N, g, C/g, ...) -> transpose(1, 2) -> view(N, C, ...)."""
 
     def propagate(self, b, node, m, name):
