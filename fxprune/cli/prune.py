@@ -153,13 +153,13 @@ def prune_command(
     if folder is None:
         return
     settings = result.plan.settings
+    details = [check.detail for check in checks]  # one per part for a partly traced model
     with folder.staging() as tmp:
         io.write_slim(tmp, result.model, inputs, {"model": model, "settings": settings}, specs)
         io.atomic_write_text(tmp / io.PLAN_FILE, result.plan.to_json())
         io.atomic_write_json(tmp / io.SUMMARY_FILE, {
             **result.summary(), "model": model, "settings": settings,
-            "equivalence": [check.detail for check in checks] if len(checks) > 1
-            else checks[0].detail if checks else None})
+            "equivalence": details[0] if len(details) == 1 else details or None})
     console.print(f"wrote {out}/ ({io.SLIM_FILE}, {io.META_FILE}, {io.PLAN_FILE}, "
                   f"{io.SUMMARY_FILE}); load with fxprune.load_slim('{out}')", soft_wrap=True)
 
