@@ -18,6 +18,7 @@ from .analysis import ChannelGraph
 from .cost import macs_report
 from .errors import ConfigError, PlanError
 from .ops import build_channel_graph
+from .ops.attention import check_heads
 from .plan import PrunePlan, keep_from_plan, make_plan
 from .scoring import class_scores, get_scorer
 from .selection import check_ratios, select_channels, select_for_target
@@ -33,7 +34,9 @@ class PruneConfig:
     min_ratio: float = defaults.MIN_RATIO
     scorer: str = defaults.SCORER
     round_to: int | None = None
-    target: str | None = None  # e.g. "flops=0.3": keep 30% of MACs (FLOPs-aware selection)
+    target: str | None = None  # "flops=0.3": keep 30% of MACs; or a target object's describe()
+    heads: str = "dims"  # attention heads cut per head dim ("dims") or whole ("whole")
+    uniform: bool = False  # prune every group by `ratio` instead of one global ranking
 
     def __post_init__(self):
         check_ratios(self.ratio, self.min_ratio)
@@ -43,7 +46,8 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PruneConfig":
-        known = {k: d[k] for k in ("ratio", "min_ratio", "scorer", "round_to", "target") if k in d}
+        keys = ("ratio", "min_ratio", "scorer", "round_to", "target", "heads", "uniform")
+        known = {k: d[k] for k in keys if k in d}
         return cls(**known)
 
 
@@ -100,11 +104,12 @@ class PruneResult:
 
 
 def analyze(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = (),
-            copy_model: bool = True) -> ChannelGraph:
+            copy_model: bool = True, heads: str = "dims") -> ChannelGraph:
     """Trace ``model`` and build its channel-dependency graph (``graph.gm`` owns a copy
-    of the model unless ``copy_model=False``, see ``trace_model``)."""
+    of the model unless ``copy_model=False``, see ``trace_model``). ``heads``: attention
+    heads are cut per head dim (``"dims"``) or as whole heads (``"whole"``)."""
     gm = trace_model(model, example_inputs, leaf_modules, copy_model=copy_model)
-    return build_channel_graph(gm)
+    return build_channel_graph(gm, {"heads": check_heads(heads)})
 
 
 def prune(
@@ -115,10 +120,12 @@ def prune(
     scorer: Any = defaults.SCORER,
     *,
     round_to: int | None = None,
-    target: str | None = None,
+    target: Any = None,
     leaf_modules: Iterable = (),
     data: Any = None,
     graph: ChannelGraph | None = None,
+    heads: str = "dims",
+    uniform: bool = False,
 ) -> PruneResult:
     """Score, select and slim. ``model`` is never modified; the result holds a new,
     physically smaller GraphModule in ``.model`` and the ``PrunePlan`` in ``.plan``.
@@ -127,14 +134,20 @@ def prune(
     ``min_ratio`` keeps at least that fraction of every group; ``scorer`` is a name
     from ``fxprune.scoring.SCORERS`` or a callable following the ``Scorer`` protocol;
     ``data`` is a batch ``(inputs, targets)`` for data-driven scorers (``snip``).
+    ``target`` replaces ``ratio`` by a budget: ``"flops=0.3"`` (keep 30% of the MACs), or
+    an object with ``select(graph, scores, example_inputs, min_ratio, round_to) -> keep``
+    and ``describe() -> str`` (recorded in the plan), such as a latency target.
+    ``heads="whole"`` prunes whole attention heads instead of head dims; ``uniform``
+    prunes ``ratio`` of every group (Torch-Pruning's default) instead of ranking globally.
     """
     scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", "custom")
-    config = PruneConfig(ratio, min_ratio, scorer_name, round_to, target)
+    target_text = target if target is None or isinstance(target, str) else target.describe()
+    config = PruneConfig(ratio, min_ratio, scorer_name, round_to, target_text, heads, uniform)
     inputs = as_input_tuple(example_inputs)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     if graph is None:  # read-only analysis: slim() and the scorers copy before writing
-        graph = analyze(model, inputs, leaf_modules, copy_model=False)
+        graph = analyze(model, inputs, leaf_modules, copy_model=False, heads=heads)
     times["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     score_fn = get_scorer(scorer)
@@ -147,10 +160,12 @@ def prune(
         scores = class_scores(graph, raw)
     times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if target is not None:
+    if isinstance(target, str):
         keep = select_for_target(graph, scores, inputs, target, min_ratio, round_to)
+    elif target is not None:  # a budget object, e.g. fxprune.deploy's latency target
+        keep = target.select(graph, scores, inputs, min_ratio, round_to)
     else:
-        keep = select_channels(graph, scores, ratio, min_ratio, round_to)
+        keep = select_channels(graph, scores, ratio, min_ratio, round_to, uniform=uniform)
     slim_gm = slim(graph, keep)
     times["slim"] = time.perf_counter() - t0
     before = macs_report(graph.gm, inputs)
@@ -181,9 +196,9 @@ def apply_plan(model: nn.Module, plan: PrunePlan | dict | str | os.PathLike, exa
             raise PlanError(f"plan removes residual sections this model does not have: {sorted(missing)}")
         remove_sections(gm, sections)
         propagate_shapes(gm, as_input_tuple(example_inputs))
-        graph = build_channel_graph(gm)
+        graph = build_channel_graph(gm, {"heads": plan.settings.get("heads", "dims")})
     else:
-        graph = analyze(model, example_inputs, leaf_modules)
+        graph = analyze(model, example_inputs, leaf_modules, heads=plan.settings.get("heads", "dims"))
     keep = keep_from_plan(graph, plan)
     return slim(graph, keep)
 

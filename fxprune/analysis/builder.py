@@ -34,8 +34,10 @@ from .graph import (
 class Builder:
     """State that op rules write to while the graph is walked: atoms, spaces, couplings."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, options: dict[str, Any] | None = None):
         self.gm = gm
+        # analysis settings op rules may read (e.g. how attention heads are cut)
+        self.options: dict[str, Any] = dict(options or {})
         self.modules = dict(gm.named_modules())
         self.by_name = {n.name: n for n in gm.graph.nodes}
         self.next_atom = 0
@@ -60,11 +62,11 @@ class Builder:
             self.spaces[key] = space
         return space.atoms
 
-    def param_space(self, qualname: str, dim: int, size: int) -> np.ndarray:
+    def param_space(self, qualname: str, dim: int, size: int, producer: bool = True) -> np.ndarray:
         key = f"{qualname}#{dim}"
         space = self.spaces.get(key)
         if space is None:
-            space = Space(key, qualname, f"dim{dim}", "parameter", dim, self.fresh(size), True)
+            space = Space(key, qualname, f"dim{dim}", "parameter", dim, self.fresh(size), producer)
             self.spaces[key] = space
         return space.atoms
 
@@ -240,11 +242,12 @@ class Builder:
 Dispatch = Callable[[Builder, fx.Node], Any]
 
 
-def walk(gm: fx.GraphModule, dispatch: Dispatch) -> ChannelGraph:
+def walk(gm: fx.GraphModule, dispatch: Dispatch, options: dict[str, Any] | None = None
+         ) -> ChannelGraph:
     """Label every node of a shape-annotated GraphModule (from ``trace_model``) in graph
     order and return the analysis. ``dispatch(builder, node)`` returns the labels of a
     call node; it is the op registry's (``fxprune.ops.dispatch``): this layer knows no op."""
-    b = Builder(gm)
+    b = Builder(gm, options)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             labels = plain_labels(node.meta.get(META_SHAPE))
@@ -267,8 +270,11 @@ def _get_attr_labels(b: Builder, node: fx.Node) -> Labels | None:
         return None
     if not value.is_floating_point():
         return [None] * value.dim()
+    # buffers (masks, rotary tables) and vectors (gammas, biases) are sliced with their
+    # channels but never score them (an additive -inf mask would give non-finite scores)
+    producer = isinstance(value, nn.Parameter) and value.dim() > 1
     return [
-        b.param_space(node.target, d, size) if size > 1 else None
+        b.param_space(node.target, d, size, producer) if size > 1 else None
         for d, size in enumerate(value.shape)
     ]
 

@@ -60,6 +60,12 @@ class ModuleRule:
         producer space ``attr`` (``"out_channels"`` -> ``("weight", 0)``), or None."""
         return None
 
+    def masked(self, module: nn.Module, masks: dict[str, np.ndarray]) -> nn.Module | None:
+        """For a leaf with channels inside (attention heads): a copy of ``module`` with
+        the pruned ones zeroed (``masks``: attribute -> keep mask), the masked-dense
+        oracle's reference. None: masking inputs and outputs is enough."""
+        return None
+
     def expected_cost(self, cb: Any, node: fx.Node, module: nn.Module, name: str,
                       first: bool) -> None:
         """Add this call's rows to the expected-cost polynomial (``cb`` is a
@@ -158,6 +164,9 @@ def size_sources(node: fx.Node) -> frozenset:
 
 def dispatch(b: Builder, node: fx.Node) -> Any:
     """Labels of one call node, from its rule; an op nobody registered freezes."""
+    from .shapes import guard_size_uses
+
+    guard_size_uses(b, node)
     if node.op == "call_module":
         module = b.modules[node.target]
         rule = module_rule_for(module)
@@ -170,17 +179,19 @@ def dispatch(b: Builder, node: fx.Node) -> Any:
             node.meta.get(META_SHAPE) is None
         ):
             # pure Python arithmetic on sizes and the like: keep where sizes came from
-            deps = frozenset().union(*(size_sources(a) for a in node.all_input_nodes))
-            if deps:
-                node.meta[META_SIZE_OF] = deps
+            from .shapes import size_arithmetic
+
+            size_arithmetic(node)
             return None
         return b.unhandled_op(node, "no handler registered")
     return rule.propagate(b, node)
 
 
-def build_channel_graph(gm: fx.GraphModule) -> ChannelGraph:
-    """Analyse a shape-annotated GraphModule (from ``trace_model``) with the registry."""
-    return walk(gm, dispatch)
+def build_channel_graph(gm: fx.GraphModule, options: dict[str, Any] | None = None
+                        ) -> ChannelGraph:
+    """Analyse a shape-annotated GraphModule (from ``trace_model``) with the registry;
+    ``options`` reach the rules as ``Builder.options``."""
+    return walk(gm, dispatch, options)
 
 
 def node_macs(node: fx.Node, modules: dict[str, nn.Module]) -> int:
