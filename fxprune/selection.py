@@ -44,8 +44,10 @@ def select_channels(
     ratio: float,
     min_ratio: float = 0.15,
     round_to: int | None = None,
+    uniform: bool = False,
 ) -> np.ndarray:
-    """Return the keep mask over channel classes."""
+    """Return the keep mask over channel classes. ``uniform``: instead of one global
+    ranking, each group loses ``floor(ratio * size)`` of its lowest-scored classes."""
     check_ratios(ratio, min_ratio)
     if round_to is not None and round_to < 1:
         raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
@@ -54,6 +56,12 @@ def select_channels(
     keep = np.ones(graph.num_classes, dtype=bool)
     candidates = np.flatnonzero(~graph.class_frozen)
     n_prune = int(math.floor(ratio * len(candidates) + 1e-9))
+    if uniform:
+        for group in graph.groups:
+            free = group.classes[~graph.class_frozen[group.classes]]
+            n = min(len(free), int(math.floor(ratio * group.size + 1e-9)))
+            keep[free[np.lexsort((free, scores[free]))[:n]]] = False
+        n_prune = 0
     if n_prune:
         order = np.lexsort((candidates, scores[candidates]))
         keep[candidates[order[:n_prune]]] = False
