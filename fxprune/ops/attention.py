@@ -34,14 +34,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analysis import Builder, plain_labels
+from ..errors import ConfigError
 from .common import arg, merge_broadcast, norm_dim, numel, out_shape, shape_of
 from .registry import ModuleRule, register_function, register_method, register_module
 
 HEADS_MODES = ("dims", "whole")
 
 
+def check_heads(heads: str) -> str:
+    if heads not in HEADS_MODES:
+        raise ConfigError(f"heads must be one of {', '.join(HEADS_MODES)}, got {heads!r}")
+    return heads
+
+
 def heads_mode(b: Builder) -> str:
-    return getattr(b, "options", {}).get("heads", "dims")
+    return b.options.get("heads", "dims")
 
 
 def couple_heads(b: Builder, atoms: np.ndarray, heads: int, mode: str) -> None:
@@ -347,4 +354,4 @@ def _addmm(b, node):
     return merge_broadcast(b, node, operands, shape)
 
 
-__all__ = ["HEADS_MODES", "heads_mode", "couple_heads", "MultiheadAttention"]
+__all__ = ["HEADS_MODES", "check_heads", "heads_mode", "couple_heads", "MultiheadAttention"]
