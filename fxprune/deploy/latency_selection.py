@@ -10,7 +10,8 @@ The latency of a keep state is the sum over conv/linear layers of the table's mo
 the layer's kept input and output widths. Greedy: start dense; repeatedly take the step
 (one group down to a lower candidate width) that loses the least score per millisecond
 saved, given the current widths of every other group, until the predicted latency is
-within the budget. Steps that would take any layer dimension below its own floor are
+within the budget; then steps back up that still fit (the last step down usually
+overshoots), most score per millisecond first. Steps that would take any layer dimension below its own floor are
 not taken. Only the groups sharing a layer with the one that moved are re-evaluated.
 """
 
@@ -156,7 +157,32 @@ class LatencySelector:
                         affected.add(j)
             for j in affected | {i}:
                 best[j] = self._best_step(j, widths, times)
+        if total <= budget * dense:
+            total = self._fill(widths, budget * dense)
         return self.keep(widths), total / dense if dense else 1.0
+
+    def _fill(self, widths: list[int], limit: float) -> float:
+        """The greedy's last step down often overshoots the budget: give back the steps up
+        (most score per millisecond first) that still fit under ``limit``."""
+        while True:
+            times = [self.layer_ms(li, widths) for li in range(len(self.layers))]
+            total = sum(times)
+            best = None
+            for i, candidates in enumerate(self.candidates):
+                current = widths[i]
+                before = sum(times[li] for li in self.group_layers[i])
+                for width in [w for w in candidates if w > current][:LOOKAHEAD]:
+                    widths[i] = width
+                    grown = total - before + sum(self.layer_ms(li, widths) for li in self.group_layers[i])
+                    widths[i] = current
+                    gained = self.prefix[i][width] - self.prefix[i][current]
+                    if grown <= limit and gained > 0:
+                        rate = gained / max(grown - total, 1e-9)
+                        if best is None or rate > best[0]:
+                            best = (rate, i, width)
+            if best is None:
+                return total
+            widths[best[1]] = best[2]
 
     def _best_step(self, i: int, widths: list[int], times: list[float]):
         """(score lost per ms saved, new width) of group ``i``'s best step down, or None."""

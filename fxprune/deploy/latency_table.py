@@ -162,7 +162,6 @@ class Timer:
                  min_seconds: float = 0.05, max_runs: int = 40):  # fmt: skip
         self.providers, self.threads = providers, threads
         self.min_runs, self.min_seconds, self.max_runs = min_runs, min_seconds, max_runs
-        self.measurements = 0
 
     def __call__(self, spec: LayerSpec, cin: int, cout: int, spatial=None) -> float:
         session = open_session(layer_onnx(spec, cin, cout, spatial), self.providers, self.threads)
@@ -176,7 +175,6 @@ class Timer:
             session.run(None, feed)
             best = min(best, (time.perf_counter() - tick) * 1e3)
             runs += 1
-        self.measurements += 1
         return best
 
 
@@ -348,9 +346,9 @@ def build_latency_table(
                 return table
         except (ConfigError, KeyError, ValueError, TypeError):
             pass  # a stale or damaged cache entry is rebuilt
-    timer = timer or Timer(providers, threads)
-    started = time.perf_counter()
     table = LatencyTable(print_)
+    timer = _Counted(timer or Timer(providers, threads), table)
+    started = time.perf_counter()
     measurable = {n: s for n, s in specs.items() if s.measurable()}
     # 1. blocks: one sweep per kind and side, on the kind's most expensive layer
     by_side: dict[str, LayerSpec] = {}
@@ -383,7 +381,6 @@ def build_latency_table(
             say(f"latency table: layer {index}/{len(distinct)} ({name})")
         table.layers[key] = _measure_layer(spec, table, timer)
     table.seconds = time.perf_counter() - started
-    table.measurements = getattr(timer, "measurements", 0)
     if use_cache:
         try:
             table.save(path)
@@ -391,6 +388,17 @@ def build_latency_table(
         except OSError:
             say(f"latency table: could not write the cache at {path}")
     return table
+
+
+class _Counted:
+    """Counts the measurements a table cost."""
+
+    def __init__(self, timer, table: LatencyTable):
+        self.timer, self.table = timer, table
+
+    def __call__(self, *args) -> float:
+        self.table.measurements += 1
+        return self.timer(*args)
 
 
 def _work(spec: LayerSpec) -> int:

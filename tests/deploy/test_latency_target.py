@@ -1,0 +1,212 @@
+"""Latency-aware pruning: the table's cache and fingerprint, the selection against a fake
+table with a known optimum, and the +-10% correction loop with a stubbed timer."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fxprune.api import analyze
+from fxprune.deploy import LatencyTarget, prune_to_latency
+from fxprune.deploy.latency_selection import LatencySelector
+from fxprune.deploy.latency_table import (
+    build_latency_table,
+    discover_block,
+    layer_specs,
+    widths_to_measure,
+)
+from fxprune.errors import ConfigError
+
+pytestmark = pytest.mark.onnx
+pytest.importorskip("onnxruntime")
+
+
+class TwoConvNet(nn.Module):
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.a = nn.Conv2d(3, width, 3, padding=1)
+        self.b = nn.Conv2d(width, width, 3, padding=1)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def example(batch: int = 2):
+    return (torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(0)),)
+
+
+class FakeTimer:
+    """ms = weight x padded(cin) x padded(cout): output channels run in blocks of 8."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, spec, cin, cout, spatial=None):
+        self.calls += 1
+        weight = 0.01 if spec.kind == "linear" else 0.1 * math.prod(spec.kernel)
+        if spatial is not None:  # sweeps run on a smaller image: same blocks
+            weight *= 0.5
+        return weight * cin * (-(-cout // 8) * 8) + 0.05
+
+
+def build(tmp_path, timer=None, **options):
+    model = TwoConvNet().eval()
+    specs = layer_specs(model, example())
+    return specs, build_latency_table(specs, model_name="TwoConvNet", cache_dir=tmp_path,
+                                      timer=timer or FakeTimer(), **options)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def test_blocks_are_discovered_from_a_sweep():
+    staircase = {w: 1.0 + (-(-w // 16)) for w in range(1, 41)}
+    assert discover_block(staircase) == (16, [])
+    linear = {w: 0.1 * w for w in range(1, 41)}
+    assert discover_block(linear)[0] <= 2  # no blocks: every width is worth having
+    cheap_small = {**staircase, 1: 0.5, 2: 0.5}  # widths 1-2 clearly faster than 3..16
+    assert discover_block(cheap_small) == (16, [2])
+
+
+def test_table_measures_the_model_and_predicts_the_staircase(tmp_path):
+    timer = FakeTimer()
+    specs, table = build(tmp_path, timer)
+    assert set(specs) == {"a", "b", "fc"}
+    assert table.blocks["conv kxk/out"] == 8 and table.blocks["conv kxk/in"] <= 2
+    assert timer.calls == table.measurements and not table.cached
+    b = specs["b"]
+    assert table.layer_ms(b, 32, 32) == pytest.approx(FakeTimer()(b, 32, 32))
+    # 17..24 output channels cost what 24 costs: the runtime pads to the block
+    assert table.layer_ms(b, 32, 17) == pytest.approx(table.layer_ms(b, 32, 24))
+    assert table.layer_ms(b, 32, 16) < table.layer_ms(b, 32, 17)
+    assert widths_to_measure(b, "out", 8) == [8, 16, 24]
+
+
+def test_table_is_cached_under_its_fingerprint(tmp_path):
+    _, first = build(tmp_path)
+    files = list(tmp_path.glob("TwoConvNet-*.json"))
+    assert len(files) == 1
+    saved = json.loads(files[0].read_text())["fingerprint"]
+    for key in ("model", "layers", "runtime", "provider", "batch", "threads", "device"):
+        assert key in saved, key
+    assert saved["runtime"].startswith("onnxruntime ") and saved["batch"] == 2
+
+    again = FakeTimer()
+    _, second = build(tmp_path, again)
+    assert second.cached and again.calls == 0  # a hit costs no measurement
+    assert second.layers == first.layers and second.blocks == first.blocks
+
+    other_threads = FakeTimer()
+    _, third = build(tmp_path, other_threads, threads=2)
+    assert not third.cached and other_threads.calls > 0  # another fingerprint
+    assert len(list(tmp_path.glob("TwoConvNet-*.json"))) == 2
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
+    build(tmp_path)
+    (path,) = tmp_path.glob("TwoConvNet-*.json")
+    path.write_text("{not json")
+    timer = FakeTimer()
+    _, table = build(tmp_path, timer)
+    assert not table.cached and timer.calls > 0
+    json.loads(path.read_text())  # rewritten whole
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def brute_force(selector: LatencySelector, budget: float) -> float:
+    """The best retained score over every combination of candidate widths."""
+    dense = selector.predict(selector.dense_widths())
+    best = -math.inf
+    for widths in itertools.product(*selector.candidates):
+        widths = list(widths)
+        if selector.predict(widths) <= budget * dense + 1e-12:
+            best = max(best, sum(p[w] for p, w in zip(selector.prefix, widths)))
+    return best
+
+
+@pytest.mark.parametrize("budget", [0.8, 0.6, 0.45, 0.3])
+def test_selection_finds_the_known_optimum(tmp_path, budget):
+    specs, table = build(tmp_path)
+    graph = analyze(TwoConvNet().eval(), example())
+    scores = np.zeros(graph.num_classes)
+    (first, second) = [g for g in graph.groups if g.prunable]
+    scores[first.classes] = np.linspace(1.0, 2.0, first.size)  # cutting "a"/"b" in: cheap score
+    scores[second.classes] = np.linspace(5.0, 9.0, second.size)  # "b" out / fc in: valuable
+    selector = LatencySelector(graph, specs, scores, table, min_ratio=0.1)
+    # "a" pads its output to blocks of 8 but "b" reads any input width at its own cost, so
+    # every width from the floor (10% of 32 -> 4) saves time somewhere: all are candidates
+    assert selector.candidates[0][0] == 4 and {8, 16, 24, 32} <= set(selector.candidates[0])
+    keep, predicted = selector.select(budget)
+    assert predicted <= budget + 1e-9
+    widths = [int(keep[g.classes].sum()) for g in selector.groups]
+    retained = sum(p[w] for p, w in zip(selector.prefix, widths))
+    assert retained == pytest.approx(brute_force(selector, budget))
+    # within a group the best-scored channels stay
+    kept_first = np.flatnonzero(keep[first.classes])
+    assert list(kept_first) == list(range(first.size - len(kept_first), first.size))
+
+
+def test_selection_respects_min_ratio(tmp_path):
+    specs, table = build(tmp_path)
+    graph = analyze(TwoConvNet().eval(), example())
+    selector = LatencySelector(graph, specs, np.ones(graph.num_classes), table, min_ratio=0.5)
+    keep, predicted = selector.select(0.01)  # unreachable: stops at the floors
+    for group in selector.groups:
+        assert keep[group.classes].sum() >= 16
+    assert predicted > 0.01
+
+
+# ----------------------------------------------------------------------------- correction loop
+
+
+def test_correction_loop_lands_within_ten_percent(tmp_path):
+    model = TwoConvNet().eval()
+    seen = []
+
+    def measure(slim_model):  # the real runtime: 40% slower on narrow models than the table says
+        from fxprune.cost import count_macs
+
+        fraction = count_macs(slim_model, example()) / count_macs(model, example())
+        seen.append(fraction)
+        return min(1.0, 0.15 + 1.4 * fraction)
+
+    result = prune_to_latency(model, example(), 0.5, scorer="l1", measure=measure,
+                              layer_timer=FakeTimer(), cache_dir=tmp_path, min_ratio=0.1)  # fmt: skip
+    assert result.within_tolerance, [s.measured for s in result.steps]
+    assert abs(result.measured / 0.5 - 1) <= 0.10
+    assert len(result.steps) >= 2  # the first attempt missed; the budget was corrected
+    first, second = result.steps[:2]
+    assert first.budget == pytest.approx(0.5)
+    assert first.measured > 0.55  # too slow: the table is optimistic about narrow layers
+    assert second.budget <= 0.5 * 0.5 / first.measured + 1e-9  # so the budget went down
+    assert result.result.plan.settings["target"] == "latency=0.5"
+    assert result.result.plan.settings["latency"]["measured"] == pytest.approx(result.measured)
+    out = result.model(*example())
+    assert out.shape == (2, 10)
+    summary = result.summary()
+    assert summary["within_tolerance"] and summary["target"] == "latency=0.5"
+
+
+def test_unreachable_target_returns_the_closest_attempt(tmp_path):
+    result = prune_to_latency(TwoConvNet().eval(), example(), 0.05, scorer="l1",
+                              measure=lambda m: 0.6, layer_timer=FakeTimer(),
+                              cache_dir=tmp_path, max_iterations=3)  # fmt: skip
+    assert not result.within_tolerance and result.measured == pytest.approx(0.6)
+    assert 1 <= len(result.steps) <= 3
+
+
+@pytest.mark.parametrize("text", ["latency=0", "latency=1.5", "flops=0.3", "latency=abc"])
+def test_bad_targets(text):
+    with pytest.raises(ConfigError):
+        LatencyTarget.parse(text)
+    assert LatencyTarget.parse("latency=0.3").describe() == "latency=0.3"
