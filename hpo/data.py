@@ -280,8 +280,11 @@ def _stratified(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
 
     if count >= len(labels):
         return torch.arange(len(labels))
-    picked, _ = train_test_split(np.arange(len(labels)), train_size=count, random_state=seed,
-                                 stratify=labels.numpy())
+    try:
+        picked, _ = train_test_split(np.arange(len(labels)), train_size=count,
+                                     random_state=seed, stratify=labels.numpy())
+    except ValueError:  # fewer picks than classes, or a class of one: plain seeded draw
+        picked = np.random.default_rng(seed).permutation(len(labels))[:count]
     return torch.from_numpy(np.sort(picked))
 
 

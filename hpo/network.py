@@ -73,12 +73,9 @@ class NetworkFactory:
             result = fxprune.prune(self.base, self.example_inputs, ratio=config.ratio,
                                    min_ratio=config.min_ratio, scorer=config.scorer)
             self.template, self.plan = result.model, result.plan
-            macs_before = getattr(result, "macs_before", None)
-            macs_after = getattr(result, "macs_after", None)
-            self.proxy_info = ProxyInfo(
+            self.proxy_info = ProxyInfo(  # flops_* are the report's public key names (MACs)
                 params_before=int(result.params_before), params_after=int(result.params_after),
-                flops_before=int(macs_before if macs_before is not None else result.macs_before),
-                flops_after=int(macs_after if macs_after is not None else result.macs_after),
+                flops_before=int(result.macs_before), flops_after=int(result.macs_after),
                 ratio=config.ratio, min_ratio=config.min_ratio, scorer=config.scorer,
                 prune_seconds=time.perf_counter() - start,
             )

@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "fxprune.partial": 6,
     "fxprune.deploy": 7,
     "fxprune.train": 7,
+    "fxprune.train_prune": 7,  # the first release's name, re-exporting fxprune.train
     "fxprune": 8,  # only the package facade itself; it re-exports the public API of the layers below
     "hpo": 9,
     "hpo.cli": 10,

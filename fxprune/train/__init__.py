@@ -1,2 +1,12 @@
-"""Training: the one training/evaluation loop (``loop``) shared by ``hpo`` and
-``train_prune``, and complexity-aware training split into its parts."""
+"""Training: the one training/evaluation loop shared by ``hpo`` and complexity-aware
+training, and complexity-aware training itself, one concern per module:
+
+    loop           train_epoch / evaluate / TrainingDiverged (used by hpo and train_prune)
+    options        TrainPruneOptions, check_tradeoff
+    results        EpochRecord, TrainPruneHistory, TrainPruneResult
+    state          PruningState: the running model, its gates and cost, removals
+    gate_training  the gates' optimizer, the cost-gradient split, BN recalibration
+    trainer        train_prune (the method's design notes are its docstring)
+
+Modules are imported on use, so ``fxprune.train.loop`` stays light for ``hpo``.
+"""

@@ -379,7 +379,7 @@ def test_result_is_a_plain_model_with_plan_and_history(tmp_path):
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_the_output_folder(tmp_path):
-    from fxprune._cli_train_prune import train_prune_command
+    from fxprune.cli.train import train_prune_command
 
     out = tmp_path / "run"
     train_prune_command(
@@ -395,7 +395,7 @@ def test_cli_writes_the_output_folder(tmp_path):
 
 
 def test_cli_rejects_bad_options_and_missing_data(tmp_path):
-    from fxprune._cli_train_prune import train_prune_command
+    from fxprune.cli.train import train_prune_command
 
     with pytest.raises(ConfigError, match="beta"):
         train_prune_command("fxprune:resnet20", out=tmp_path / "a", beta=2.0)
@@ -411,7 +411,7 @@ def test_cli_options_parse_through_typer(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from fxprune._cli_train_prune import train_prune_command
+    from fxprune.cli.train import train_prune_command
 
     app = typer.Typer()
     app.command()(train_prune_command)
