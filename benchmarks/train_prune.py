@@ -33,7 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fxprune
-from fxprune._cli_train_prune import DatasetBatches
+from fxprune.cli.train import DatasetBatches
 from fxprune.errors import ConfigError
 from fxprune.models import create_model
 from fxprune.scoring import get_scorer
