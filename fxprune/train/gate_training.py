@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxprune.expected_cost import ExpectedCost
-from fxprune.gates import GateBank
+from fxprune.train.expected_cost import ExpectedCost
+from fxprune.train.gates import GateBank
 from fxprune.train.options import TrainPruneOptions
 from fxprune.train.state import PruningState
 

@@ -15,8 +15,8 @@ import torch.fx as fx
 from torch import nn
 
 from fxprune.analysis import ChannelGraph
-from fxprune.expected_cost import ExpectedCost, build_expected_cost
-from fxprune.gates import build_gated_module
+from fxprune.train.expected_cost import ExpectedCost, build_expected_cost
+from fxprune.train.gates import build_gated_module
 from fxprune.sections import Section, find_sections, remove_sections
 from fxprune.ops import build_channel_graph
 from fxprune.surgery import kept_indices, slim

@@ -14,12 +14,12 @@ Gates
     section (``gates.find_sections``) is scaled by ``xi ~ Bern(theta)``. Each training step
     draws fresh gates; ``theta`` gets gradients through ``xi + theta - theta.detach()``, is
     updated by SGD with momentum and projected back to [0, 1]. Where the gates multiply:
-    ``fxprune.gates``. Evaluation uses ``theta`` rounded.
+    ``fxprune.train.gates``. Evaluation uses ``theta`` rounded.
 
 Cost
     ``loss = task + gamma * [(1 - beta) C_unit + beta C_layer] + weight_decay / 2 * L2``,
     ``C = alpha E[MACs]/MACs_0 + (1 - alpha) E[params]/params_0`` with the exact expected
-    values of ``fxprune.expected_cost``. ``C_unit`` is ``C`` with the section probabilities held
+    values of ``fxprune.train.expected_cost``. ``C_unit`` is ``C`` with the section probabilities held
     constant (its gradient reaches unit gates only) and ``C_layer`` the converse, so
     ``beta`` splits the pressure between units and layers. ``beta = 0`` trains no section
     gates (no layer is ever removed), ``beta = 1`` no unit gates.

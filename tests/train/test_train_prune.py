@@ -14,7 +14,7 @@ from torch import nn
 
 import fxprune
 from fxprune.errors import ConfigError, DataError
-from fxprune.gates import GATES_TARGET, find_sections
+from fxprune.train.gates import GATES_TARGET, find_sections
 from fxprune.train_prune import PruningState, TrainPruneOptions, train_prune
 from fxprune.verify import masked_forward
 

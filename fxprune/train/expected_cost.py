@@ -36,8 +36,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .analysis import ChannelGraph
-from .trace import META_SHAPE
+from fxprune.analysis import ChannelGraph
+from fxprune.trace import META_SHAPE
 
 CostRule = Callable[["CostBuilder", fx.Node, nn.Module, str, bool], None]
 COST_RULES: dict[type, CostRule] = {}

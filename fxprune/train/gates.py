@@ -1,7 +1,7 @@
 """Bernoulli gates for complexity-aware training: which structures get one, and where
 the gate multiplies in the traced graph.
 
-Two kinds of structure are gated (see ``train_prune.py`` for how they are trained):
+Two kinds of structure are gated (see ``fxprune.train.trainer`` for how they are trained):
 
 * **units**: every non-frozen channel class of the ``ChannelGraph`` (the unit that
   ``slim`` removes), one gate ``xi_c ~ Bern(theta_c)`` each;
@@ -36,9 +36,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .analysis import META_LABELS, ChannelGraph, iter_arrays
-from .sections import Section, find_sections, remove_sections
-from .trace import META_SHAPE
+from fxprune.analysis import META_LABELS, ChannelGraph, iter_arrays
+from fxprune.sections import Section, find_sections, remove_sections
+from fxprune.trace import META_SHAPE
 
 
 # ------------------------------------------------------------------------- gate points
