@@ -21,8 +21,7 @@ from .latency_target import LatencyResult, LatencyTarget, prune_to_latency
 from .profiling import LatencyStat, Timing, profile_many, profile_onnx
 from .report import Environment, ModelProfile, ProfileReport, SweepPoint, sweep_plot
 from .runtime import PROVIDERS, cpu_model, resolve_providers
-
-# from .step_time import StepTime, measure_step_time
+from .step_time import StepTime, StepTimeComparison, compare_step_times, measure_step_time
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -37,8 +36,10 @@ __all__ = [
     "ModelProfile",
     "ProfileReport",
     "StepTime",
+    "StepTimeComparison",
     "SweepPoint",
     "Timing",
+    "compare_step_times",
     "cpu_model",
     "export_onnx",
     "measure_model",

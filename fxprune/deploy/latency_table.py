@@ -41,7 +41,7 @@ from torch import nn
 
 from fxprune.errors import ConfigError
 
-from .report import write_atomically
+from .report import new_figure, save_figure, write_atomically
 from .runtime import device_name, open_session, resolve_providers
 
 TABLE_VERSION = 1
@@ -435,5 +435,36 @@ def _measure_layer(spec: LayerSpec, table: LatencyTable, timer) -> dict[str, Any
     return entry
 
 
+# --------------------------------------------------------------------------- plot
+
+
+def plot_latency_vs_width(table: LatencyTable, specs: dict[str, LayerSpec], png_path: str | os.PathLike,
+                          top: int = 6) -> Path:  # fmt: skip
+    """PNG: measured latency vs kept output width (input dense) for the ``top`` costliest
+    layers, with the table's model (padded to the block) drawn as a step line."""
+    names = {}
+    for name, spec in specs.items():
+        if spec.key in table.layers:
+            names.setdefault(spec.key, (name, spec))
+    costly = sorted(names.values(), key=lambda item: -table.layers[item[1].key]["dense"])[:top]
+    if not costly:
+        raise ConfigError("the latency table has no measured layer to plot")
+    figure, axes = new_figure(len(costly), width=3.2)
+    for ax, (name, spec) in zip(axes, costly):
+        entry = table.layers[spec.key]
+        widths = sorted(entry["out"])
+        ax.plot(widths, [entry["out"][w] for w in widths], "o", color="tab:orange", label="measured")
+        every = range(1, spec.out_channels + 1)
+        ax.plot(list(every), [table.layer_ms(spec, spec.in_channels, w) for w in every], "-",
+                color="tab:blue", linewidth=1, label="model")  # fmt: skip
+        ax.set(title=f"{name}\n{spec.category} {spec.in_channels}->{spec.out_channels}",
+               xlabel="kept output channels", ylabel="ms")  # fmt: skip
+        ax.title.set_fontsize(8)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize=7)
+    return save_figure(figure, png_path)
+
+
 __all__ = ["LatencyTable", "LayerSpec", "Timer", "build_latency_table", "cache_path",
-           "default_cache_dir", "discover_block", "fingerprint", "layer_onnx", "layer_specs", "widths_to_measure"]  # fmt: skip
+           "default_cache_dir", "discover_block", "fingerprint", "layer_onnx", "layer_specs", "plot_latency_vs_width", "widths_to_measure"]  # fmt: skip

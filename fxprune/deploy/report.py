@@ -335,7 +335,7 @@ def sweep_plot(records: Iterable[Sequence[float]], png_path: str | os.PathLike) 
     points = sorted(_as_record(record) for record in records)
     if not points:
         raise ConfigError("sweep_plot needs at least one (ratio, macs, latency_ms) record")
-    figure, (macs_axes, latency_axes) = _figure(2)
+    figure, (macs_axes, latency_axes) = new_figure(2)
     ratios = [ratio for ratio, _, _ in points]
     macs_axes.plot(ratios, [macs / 1e6 if macs is not None else float("nan") for _, macs, _ in points],
                    "o-", color="tab:blue")  # fmt: skip
@@ -349,7 +349,7 @@ def sweep_plot(records: Iterable[Sequence[float]], png_path: str | os.PathLike) 
     return save_figure(figure, png_path)
 
 
-def _figure(columns: int, width: float = 4.5):
+def new_figure(columns: int, width: float = 4.5):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -393,6 +393,7 @@ __all__ = [
     "count",
     "factor",
     "layers_table",
+    "new_figure",
     "save_figure",
     "sweep_plot",
     "write_atomically",

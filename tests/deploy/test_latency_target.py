@@ -210,3 +210,11 @@ def test_bad_targets(text):
     with pytest.raises(ConfigError):
         LatencyTarget.parse(text)
     assert LatencyTarget.parse("latency=0.3").describe() == "latency=0.3"
+
+
+def test_latency_vs_width_plot(tmp_path):
+    from fxprune.deploy.latency_table import plot_latency_vs_width
+
+    specs, table = build(tmp_path)
+    path = plot_latency_vs_width(table, specs, tmp_path / "widths.png", top=2)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
