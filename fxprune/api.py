@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,15 +16,17 @@ from torch import nn
 
 from . import defaults, io
 from .analysis import ChannelGraph
+from .blockers import describe_blockers
 from .cost import macs_report
 from .errors import ConfigError, PlanError
 from .ops import build_channel_graph
 from .ops.attention import check_heads
+from .partial import apply_parts, prune_parts
 from .plan import PrunePlan, keep_from_plan, make_plan
 from .scoring import class_scores, get_scorer
 from .selection import check_ratios, select_channels, select_for_target
 from .surgery import slim
-from .trace import as_input_tuple, propagate_shapes, trace_model
+from .trace import UntraceableRoot, as_input_tuple, propagate_shapes, trace_model
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,12 @@ def prune(
     and ``describe() -> str`` (recorded in the plan), such as a latency target.
     ``heads="whole"`` prunes whole attention heads instead of head dims; ``uniform``
     prunes ``ratio`` of every group (Torch-Pruning's default) instead of ranking globally.
+
+    Submodules that torch.fx cannot trace become leaves (kept whole, listed by
+    ``fxprune.trace.leaves_of(result.graph.gm)``). When the model's own ``forward`` does
+    not trace (a detector), its traceable submodules are pruned one by one and a
+    ``fxprune.partial.PartialPruneResult`` is returned (see that module). When nothing
+    can be pruned, a warning names what blocks it.
     """
     scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", "custom")
     target_text = target if target is None or isinstance(target, str) else target.describe()
@@ -147,7 +156,15 @@ def prune(
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     if graph is None:  # read-only analysis: slim() and the scorers copy before writing
-        graph = analyze(model, inputs, leaf_modules, copy_model=False, heads=heads)
+        try:
+            graph = analyze(model, inputs, leaf_modules, copy_model=False, heads=heads)
+        except UntraceableRoot as root_error:  # e.g. a detector: prune the parts that trace
+            def prune_part(part: nn.Module, part_inputs: tuple, part_graph: ChannelGraph) -> PruneResult:
+                return prune(part, part_inputs, ratio, min_ratio, scorer, round_to=round_to,
+                             target=target, graph=part_graph, heads=heads, uniform=uniform)
+
+            return prune_parts(model, inputs, prune_part, leaf_modules, root_error, config.to_dict(),
+                               {"heads": check_heads(heads)})
     times["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     score_fn = get_scorer(scorer)
@@ -166,6 +183,8 @@ def prune(
         keep = target.select(graph, scores, inputs, min_ratio, round_to)
     else:
         keep = select_channels(graph, scores, ratio, min_ratio, round_to, uniform=uniform)
+    if keep.all() and (ratio > 0 or target is not None):  # an answer, not a success
+        warnings.warn(f"fxprune: {describe_blockers(graph)}", stacklevel=2)
     slim_gm = slim(graph, keep)
     times["slim"] = time.perf_counter() - t0
     before = macs_report(graph.gm, inputs)
@@ -179,11 +198,17 @@ def prune(
 def apply_plan(model: nn.Module, plan: PrunePlan | dict | str | os.PathLike, example_inputs: Any,
                leaf_modules: Iterable = ()) -> fx.GraphModule:
     """Re-apply a plan (object, dict, or path to ``plan.json``) to a fresh instance of the
-    same architecture; returns the slim GraphModule."""
+    same architecture; returns the slim GraphModule (for a plan made part by part, a copy
+    of ``model`` with those parts replaced by slim GraphModules)."""
     if isinstance(plan, dict):
         plan = PrunePlan.from_dict(plan)
     elif not isinstance(plan, PrunePlan):
         plan = PrunePlan.load(plan)
+    if plan.settings.get("parts"):  # pruned part by part (untraceable root): replay each part
+        def apply_part(part: nn.Module, part_plan: PrunePlan, part_inputs: tuple, leaves: list) -> nn.Module:
+            return apply_plan(part, part_plan, part_inputs, leaves)
+
+        return apply_parts(model, plan, example_inputs, apply_part, leaf_modules)
     removed = plan.settings.get("removed_sections") or []
     if removed:  # a train-prune plan: drop the removed residual sections first
         from .sections import find_sections, remove_sections

@@ -12,6 +12,7 @@ from torch import nn
 
 from .api import analyze
 from .cost import CostModel, count_params
+from .trace import leaves_of
 
 
 @dataclass
@@ -21,12 +22,13 @@ class InspectReport:
     macs: int
     groups: list[dict[str, Any]]
     unhandled: list[dict[str, str]]
+    leaves: list[dict[str, str]] = field(default_factory=list)  # modules kept whole (trace.Leaf)
     max_members: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "params": self.params, "macs": self.macs,
-                "groups": self.groups, "unhandled_ops": self.unhandled}
+                "groups": self.groups, "unhandled_ops": self.unhandled, "leaves": self.leaves}
 
     def __rich__(self):
         from rich.console import Group
@@ -63,6 +65,14 @@ class InspectReport:
             for op in self.unhandled:
                 u.add_row(op["node"], op["target"], op["reason"])
             lines.append(u)
+        if self.leaves:
+            leaf_table = Table(title="modules kept whole (leaves: their input and output channels are kept)",
+                               title_justify="left")
+            for col in ("module", "type", "why", "where"):
+                leaf_table.add_column(col)
+            for leaf in self.leaves:
+                leaf_table.add_row(leaf["qualname"], leaf["type_name"], leaf["reason"], leaf["where"])
+            lines.append(leaf_table)
         return Group(*lines)
 
 
@@ -89,6 +99,7 @@ def inspect_model(model, example_inputs, leaf_modules=(), name: str | None = Non
         macs=int(cost.total),
         groups=groups,
         unhandled=[u.__dict__ for u in graph.unhandled],
+        leaves=[leaf.to_dict() for leaf in leaves_of(graph.gm)],
     )
 
 

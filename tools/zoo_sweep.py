@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", action="append", choices=SUITES, help="repeatable; default: all")
     parser.add_argument("--tools", default="fxprune,tp", help="comma-separated: fxprune,tp")
     parser.add_argument("--models", default="*", help="fnmatch filter on model names")
+    parser.add_argument("--names", default=None, help="comma-separated model names instead of the suite's list")
     parser.add_argument("--timm-families", type=int, default=None, help="first N timm families only")
     parser.add_argument("--limit", type=int, default=None, help="at most N models per suite")
     parser.add_argument("--det-size", type=int, default=128, help="detection input size (default 128)")
@@ -325,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python tools/zoo_sweep.py " + " ".join(argv)
     plan: list[tuple[str, str]] = []
     for suite in args.suite or SUITES:
-        names = (timm_smallest(args.out / "timm_smallest.json", args.timm_families) if suite == "timm"
-                 else torchvision_models(suite))
+        if args.names:
+            names = args.names.split(",")
+        elif suite == "timm":
+            names = timm_smallest(args.out / "timm_smallest.json", args.timm_families)
+        else:
+            names = torchvision_models(suite)
         names = [n for n in names if fnmatch.fnmatch(n, args.models) and n not in SKIP]
         plan += [(suite, n) for n in names[: args.limit]]
     rows: list[dict[str, Any]] = []

@@ -1,0 +1,326 @@
+"""Pruning a model whose own ``forward`` cannot be traced, part by part.
+
+A torchvision detector's ``forward`` loops over a list of images and branches on
+``self.training``: torch.fx cannot trace it, but its backbone, FPN and box head trace
+fine. ``prune_parts`` finds the largest submodules that trace on their own
+(``fxprune.trace.find_traceable_parts``: the model is run once to record the inputs each
+submodule is called with), prunes each of them with its outputs kept (a part's outputs
+are its graph outputs, which the channel graph always freezes), and returns a deep copy of
+the ORIGINAL model object (still a ``FasterRCNN``, say) in which those submodules are
+replaced by their slim GraphModules. Everything outside the parts runs unchanged.
+
+One plan covers the whole model: its keys are the original qualified names
+(``backbone.body.layer1.0.conv1``), ``settings["parts"]`` lists the parts, and
+``apply_parts`` replays it on a fresh instance. Each part is ranked on its own (the
+ratio applies per part, not globally across parts).
+
+Checks (``PartialPruneResult.verify``): every part against the masked-dense oracle on
+the inputs it was called with, and the whole slim model against the whole dense model
+with each part replaced by its masked-dense reference.
+
+This module sits next to ``api`` and never imports it: ``api.prune`` and
+``api.apply_plan`` hand it a callback that prunes (or re-applies a plan to) one part.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis import ChannelGraph
+from .cost import count_params, macs_report
+from .errors import FxPruneError, PlanError, TraceError
+from .ops import build_channel_graph
+from .plan import PrunePlan
+from .trace import (
+    Leaf,
+    UntraceableRoot,
+    as_input_tuple,
+    capture_module_inputs,
+    find_traceable_parts,
+    leaves_of,
+    tensor_leaves,
+)
+from .verify import EquivalenceReport, masked_forward, verify_equivalence
+
+# prune_part(module, part_inputs, graph) -> PruneResult of that module
+PrunePart = Callable[[nn.Module, tuple, ChannelGraph], Any]
+# apply_part(module, sub_plan, part_inputs, leaf_modules) -> slim GraphModule
+ApplyPart = Callable[[nn.Module, PrunePlan, tuple, list], nn.Module]
+
+
+@dataclass
+class PrunedPart:
+    qualname: str
+    result: Any  # the part's PruneResult (model, graph, keep, plan, MACs)
+    inputs: tuple  # the positional inputs of its first call
+    calls: int  # how often the model's forward calls it
+
+
+@dataclass
+class PartialPruneResult:
+    """Like ``PruneResult``, for a model pruned part by part: ``model`` is a copy of the
+    user's model object with the pruned parts swapped for slim GraphModules."""
+
+    model: nn.Module
+    plan: PrunePlan
+    parts: list[PrunedPart]
+    skipped: list[tuple[str, str]]  # (qualname, why it is not pruned)
+    params_before: int
+    params_after: int
+    macs_before: int  # per example: the parts exactly, the rest estimated (macs_estimated)
+    macs_after: int
+    example_inputs: tuple
+    dense: nn.Module  # the user's model (read, never written)
+    macs_estimated: bool = True
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def leaves(self) -> list[Leaf]:
+        return [_prefixed(leaf, part.qualname) for part in self.parts
+                for leaf in leaves_of(part.result.graph.gm)]
+
+    @property
+    def param_reduction(self) -> float:
+        return self.params_before / max(1, self.params_after)
+
+    @property
+    def macs_reduction(self) -> float:
+        return self.macs_before / max(1, self.macs_after)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "param_reduction": round(self.param_reduction, 4),
+            "macs_reduction": round(self.macs_reduction, 4),
+            "macs_estimated": self.macs_estimated,
+            "channels_before": sum(p.result.graph.num_classes for p in self.parts),
+            "channels_after": sum(int(p.result.keep.sum()) for p in self.parts),
+            "parts": [p.qualname for p in self.parts],
+            "not_pruned": [{"module": q, "reason": why} for q, why in self.skipped],
+        }
+
+    def verify(self, rtol: float = 1e-4) -> list[EquivalenceReport]:
+        """One report per part (masked-dense oracle on its recorded inputs), then one for
+        the whole model (slim vs dense with every part masked)."""
+        reports = [verify_equivalence(p.result.graph, p.result.keep, p.result.model, p.inputs, rtol)
+                   for p in self.parts]
+        reports.append(self._verify_whole(rtol))
+        return reports
+
+    def _verify_whole(self, rtol: float) -> EquivalenceReport:
+        # shallow copies along the parts' paths: only the swapped parts differ
+        reference = _replace_parts(self.dense, {p.qualname: _MaskedPart(p.result) for p in self.parts},
+                                   deep=False)
+        exact = not any(bool((~p.result.keep & p.result.graph.class_inexact).any()) for p in self.parts)
+        ref, got = (tensor_leaves(_run(m, self.example_inputs)) for m in (reference, self.model))
+        if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
+            return EquivalenceReport(exact, float("inf"), 0.0, False, "whole model: output shapes differ "
+                                     f"({[tuple(t.shape) for t in ref]} vs {[tuple(t.shape) for t in got]})")
+        floats = [(a.double(), b.double()) for a, b in zip(ref, got) if a.numel() and a.is_floating_point()]
+        diff = max((float((a - b).abs().max()) for a, b in floats), default=0.0)
+        scale = max((float(a.abs().max()) for a, _ in floats), default=0.0)
+        if not exact:
+            return EquivalenceReport(False, diff, scale, True, "whole model: structure check only; "
+                                     f"shapes match, max diff {diff:.3g}")
+        tol = rtol * max(1.0, scale)
+        return EquivalenceReport(True, diff, scale, diff <= tol,
+                                 f"whole model: max |slim - masked dense| = {diff:.3g} (tolerance {tol:.3g})")
+
+    def __rich__(self):
+        from rich.table import Table
+
+        t = Table(title=f"fxprune result ({len(self.parts)} traced parts)")
+        t.add_column("")
+        t.add_column("dense", justify="right")
+        t.add_column("slim", justify="right")
+        t.add_column("reduction", justify="right")
+        t.add_row("params", f"{self.params_before:,}", f"{self.params_after:,}", f"{self.param_reduction:.2f}x")
+        star = " (est.)" if self.macs_estimated else ""
+        t.add_row("MACs" + star, f"{self.macs_before:,}", f"{self.macs_after:,}", f"{self.macs_reduction:.2f}x")
+        for part in self.parts:
+            r = part.result
+            t.add_row(f"part {part.qualname}", f"{r.params_before:,}", f"{r.params_after:,}",
+                      f"{r.params_before / max(1, r.params_after):.2f}x")
+        return t
+
+
+class _MaskedPart(nn.Module):
+    """A part's masked-dense reference, usable in place of the part."""
+
+    def __init__(self, result: Any):
+        super().__init__()
+        self.graph_module = result.graph.gm
+        self.result = result
+
+    def forward(self, *args):
+        return masked_forward(self.result.graph, self.result.keep, args)
+
+
+def _run(model: nn.Module, inputs: tuple) -> Any:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(*inputs)
+    finally:
+        model.train(was)
+
+
+def _prefixed(leaf: Leaf, prefix: str) -> Leaf:
+    return Leaf(f"{prefix}.{leaf.qualname}", leaf.type_name, leaf.kind, leaf.reason, leaf.where)
+
+
+def _replace_parts(model: nn.Module, replacements: dict[str, nn.Module], deep: bool = True) -> nn.Module:
+    """A copy of ``model`` with the submodules named in ``replacements`` swapped (deep
+    copy, or with ``deep=False`` shallow copies along the paths only: the rest shared)."""
+    out = copy.deepcopy(model) if deep else copy.copy(model)
+    if not deep:
+        out._modules = dict(out._modules)
+    for qualname, module in replacements.items():
+        parent_path, _, name = qualname.rpartition(".")
+        parent = out
+        for step in parent_path.split(".") if parent_path else []:
+            child = parent._modules[step]
+            if not deep:
+                child = copy.copy(child)
+                child._modules = dict(child._modules)
+                parent._modules[step] = child
+            parent = child
+        parent._modules[name] = module
+    return out
+
+
+def _rest_macs(model: nn.Module, calls: dict[str, list], parts: list[str]) -> int:
+    """MACs outside the parts (whole batch), estimated: each module that owns parameters
+    directly is traced alone on the inputs it was called with (``calls``, from
+    ``capture_module_inputs``) and counted by the op rules; modules called with keyword
+    arguments or failing to trace count nothing."""
+    total = 0
+    for name, module in model.named_modules():
+        if not name or any(name == p or name.startswith(p + ".") for p in parts):
+            continue
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        for args in calls.get(name, []):
+            if not args or not all(isinstance(a, torch.Tensor) for a in args):
+                continue
+            try:
+                batch = args[0].shape[0] if args[0].dim() else 1
+                total += macs_report(module, args).macs * max(1, batch)
+            except TraceError:
+                continue
+    return total
+
+
+def prune_parts(model: nn.Module, example_inputs: Any, prune_part: PrunePart,
+                leaf_modules: Iterable = (), root_error: UntraceableRoot | None = None,
+                settings: dict[str, Any] | None = None,
+                options: dict[str, Any] | None = None) -> PartialPruneResult:
+    """Prune each traceable part of ``model`` (see the module docstring); ``options``
+    reach the op rules (``build_channel_graph``). Raises the root's ``TraceError`` when no
+    part has a prunable channel."""
+    inputs = as_input_tuple(example_inputs)
+    calls = capture_module_inputs(model, inputs)
+    found, skipped = find_traceable_parts(model, inputs, leaf_modules, calls)
+    parts: list[PrunedPart] = []
+    for part in found:
+        graph = build_channel_graph(part.gm, options)
+        if not graph.prunable_groups():
+            skipped.append((part.qualname, "traced, but every channel is frozen (its inputs and outputs are kept)"))
+            continue
+        try:
+            result = prune_part(model.get_submodule(part.qualname), part.inputs, graph)
+        except FxPruneError as exc:  # e.g. the slim part does not run: keep it dense
+            skipped.append((part.qualname, f"pruning it failed, kept dense: {str(exc)[:200]}"))
+            continue
+        check = verify_equivalence(result.graph, result.keep, result.model, part.inputs)
+        if not check.passed:  # never hand back a part that disagrees with the oracle
+            skipped.append((part.qualname, f"slim part failed the oracle ({check.detail}), kept dense"))
+            continue
+        parts.append(PrunedPart(part.qualname, result, part.inputs, len(calls.get(part.qualname, [1]))))
+    if not parts:
+        raise root_error or UntraceableRoot(f"{type(model).__name__}: no submodule with prunable channels traces")
+    slim_model = _replace_parts(model, {p.qualname: p.result.model for p in parts})
+    batch = inputs[0].shape[0] if inputs[0].dim() else 1
+    rest = _rest_macs(model, calls, [p.qualname for p in parts])
+    before = rest + sum(_part_macs(p, p.result.macs_before) for p in parts)
+    after = rest + sum(_part_macs(p, p.result.macs_after) for p in parts)
+    result = PartialPruneResult(slim_model, None, parts, skipped,  # type: ignore[arg-type]
+                                count_params(model), count_params(slim_model), before // batch,
+                                after // batch, inputs, model)
+    result.plan = merge_plans(parts, dict(settings or {}), result.summary())
+    return result
+
+
+def _part_macs(part: PrunedPart, per_example: int) -> int:
+    """A part's MACs of all its calls, whole batch (PruneResult counts per example of the
+    part's own first input dim, which is not the model's batch: 150 boxes, say)."""
+    first = part.inputs[0]
+    return per_example * (first.shape[0] if first.dim() else 1) * part.calls
+
+
+def merge_plans(parts: list[PrunedPart], settings: dict[str, Any], summary: dict[str, Any]) -> PrunePlan:
+    """One plan for the whole model: the parts' plans with their keys prefixed."""
+    modules: dict[str, Any] = {}
+    parameters: dict[str, Any] = {}
+    groups: list[dict[str, Any]] = []
+    for part in parts:
+        q = part.qualname
+        plan = part.result.plan
+        modules.update({_join(q, owner): attrs for owner, attrs in plan.modules.items()})
+        parameters.update({_join(q, owner): entry for owner, entry in plan.parameters.items()})
+        for group in plan.groups:
+            groups.append({**group, "part": q, "members": [_join(q, m) for m in group["members"]]})
+    return PrunePlan(modules, parameters, groups, {**settings, "parts": [p.qualname for p in parts]}, summary)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if name else prefix
+
+
+def sub_plan(plan: PrunePlan, qualname: str) -> PrunePlan:
+    """The entries of ``plan`` that belong to part ``qualname``, with its prefix removed."""
+    def strip(table: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in table.items():
+            if key == qualname:
+                out[""] = value
+            elif key.startswith(qualname + "."):
+                out[key[len(qualname) + 1:]] = value
+        return out
+
+    settings = {k: v for k, v in plan.settings.items() if k != "parts"}
+    return PrunePlan(strip(plan.modules), strip(plan.parameters), [], settings, {})
+
+
+def apply_parts(model: nn.Module, plan: PrunePlan, example_inputs: Any, apply_part: ApplyPart,
+                leaf_modules: Iterable = ()) -> nn.Module:
+    """Replay a part-by-part plan on a fresh instance: a copy of ``model`` with each
+    listed part replaced by its slim GraphModule."""
+    inputs = as_input_tuple(example_inputs)
+    names = plan.settings.get("parts") or []
+    calls = capture_module_inputs(model, inputs)
+    replacements = {}
+    for qualname in names:
+        recorded = calls.get(qualname)
+        if not recorded or recorded[0] is None:
+            raise PlanError(f"plan prunes part '{qualname}', which this model's forward does not call "
+                            "with positional tensors")
+        inner = [x[len(qualname) + 1:] if isinstance(x, str) else x for x in leaf_modules
+                 if not isinstance(x, str) or x.startswith(qualname + ".")]
+        replacements[qualname] = apply_part(model.get_submodule(qualname), sub_plan(plan, qualname),
+                                            recorded[0], inner)
+    return _replace_parts(model, replacements)
+
+
+__all__ = ["prune_parts", "apply_parts", "merge_plans", "sub_plan",
+           "PartialPruneResult", "PrunedPart"]

@@ -1,0 +1,201 @@
+"""Pruning models that do not trace whole: leaves inside a traced model keep their
+boundary channels, custom autograd functions keep their gradients, an untraceable root is
+pruned part by part (one plan, replayed by apply_plan), including a torchvision detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fxprune
+from fxprune.trace import leaves_of
+from fxprune.verify import verify_equivalence
+from tests.harness import prune_and_check
+
+
+class DataDependent(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        if x.mean() > 100:  # never true on the test inputs
+            return x
+        return self.conv(x)
+
+
+class WithUntraceableBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 12, 3, padding=1)
+        self.block = DataDependent(12)
+        self.conv3 = nn.Conv2d(12, 16, 3, padding=1)
+        self.conv4 = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        y = self.block(y)
+        return self.conv4(torch.relu(self.conv3(y)))
+
+
+@pytest.mark.parametrize("scorer,ratio,min_ratio", [("synflow", 0.85, 0.15), ("l1", 0.5, 0.15)])
+def test_untraceable_submodule_is_a_leaf_with_kept_boundary(scorer, ratio, min_ratio):
+    result = prune_and_check(WithUntraceableBlock(), torch.randn(2, 3, 8, 8), ratio, min_ratio, scorer)
+    slim = result.model
+    # the leaf's input (conv2 out) and output (conv3 in) channels are kept, the rest pruned
+    assert slim.conv2.out_channels == 12 and slim.conv3.in_channels == 12
+    assert slim.block.conv.weight.shape == (12, 12, 1, 1)
+    assert slim.conv1.out_channels + slim.conv3.out_channels < 32  # global ranking: either side
+    leaves = leaves_of(result.graph.gm)
+    assert [(leaf.qualname, leaf.kind) for leaf in leaves] == [("block", "automatic")]
+    assert "test_partial.py" in leaves[0].where
+    frozen = {g.frozen_reason for g in result.graph.groups if not g.prunable}
+    assert any("block (DataDependent)" in (reason or "") for reason in frozen)
+
+
+class RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x * 4) / 4
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class QuantisedNet(nn.Module):
+    """conv1 -> relu -> conv2 -> straight-through quantiser -> conv3."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv2(torch.relu(self.conv1(x)))
+        return self.conv3(RoundSTE.apply(y))
+
+
+def test_autograd_quantiser_gradients_equal_the_masked_dense_model():
+    torch.manual_seed(1)
+    model = QuantisedNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    result = prune_and_check(model, x, 0.5, 0.15, "l1")
+    kept = np.array(result.plan.modules["conv1"]["out_channels"])
+    assert len(kept) < 16
+    # masked dense reference: conv1's pruned channels are zeroed, gradients flow through
+    # RoundSTE.backward exactly as in the slim model
+    mask = torch.zeros(16)
+    mask[kept] = 1
+    hook = model.conv1.register_forward_hook(lambda m, i, out: out * mask.view(1, -1, 1, 1))
+    xd, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    model(xd).square().sum().backward()
+    hook.remove()
+    result.model(xs).square().sum().backward()
+    assert float(xs.grad.abs().sum()) > 0.1  # not the zero gradient of an inlined round()
+    torch.testing.assert_close(xs.grad, xd.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result.model.conv1.weight.grad, model.conv1.weight.grad[kept],
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result.model.conv2.weight.grad, model.conv2.weight.grad[:, kept],
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result.model.conv3.weight.grad, model.conv3.weight.grad)
+
+
+class Detector(nn.Module):
+    """Root forward loops over a tensor (untraceable); backbone and neck trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.neck = nn.Sequential(nn.Conv2d(16, 24, 1), nn.ReLU(), nn.Conv2d(24, 8, 1))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        features = self.neck(self.backbone(x))
+        return [self.head(f[None]).flatten() for f in features]  # per image
+
+
+def test_untraceable_root_is_pruned_part_by_part_and_replayed():
+    model = Detector().eval()
+    x = torch.randn(2, 3, 8, 8)
+    result = fxprune.prune(model, x, 0.5, 0.15, "l1")
+    assert isinstance(result.model, Detector)  # the user's class, parts swapped
+    assert [p.qualname for p in result.parts] == ["backbone", "neck"]
+    assert isinstance(result.model.backbone, torch.fx.GraphModule)
+    assert result.model.head is not model.head and result.model.head.weight.shape == (2, 8, 1, 1)
+    assert result.params_after < result.params_before
+    neck = result.model.neck.get_submodule("0")
+    assert neck.in_channels == 16  # part outputs and inputs are kept
+    assert neck.out_channels < 24
+    reports = result.verify()
+    assert len(reports) == 3 and all(r.passed and r.exact for r in reports), [r.detail for r in reports]
+    # the caller's model is untouched
+    assert model.neck[0].out_channels == 24
+    # one plan keyed by the original names; apply_plan replays it on a fresh instance
+    assert set(result.plan.modules) >= {"backbone.0", "neck.0"}
+    again = fxprune.apply_plan(Detector().eval(), result.plan.to_dict(), x)
+    assert isinstance(again, Detector)
+    assert {n: p.shape for n, p in again.named_parameters()} == {
+        n: p.shape for n, p in result.model.named_parameters()}
+    with torch.no_grad():
+        outs = result.model(x)
+    assert [tuple(o.shape) for o in outs] == [(128,), (128,)]
+
+
+def test_small_torchvision_detector_at_small_input():
+    model = torchvision.models.get_model(
+        "fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None,
+        min_size=128, max_size=128).eval()
+    x = torch.rand(1, 3, 128, 128)
+    result = fxprune.prune(model, x, 0.5, 0.15, "l1")
+    assert type(result.model).__name__ == "FasterRCNN"
+    assert [p.qualname for p in result.parts] == ["backbone", "roi_heads.box_head"]
+    assert 1.5 < result.param_reduction < 2.5
+    assert result.macs_after < result.macs_before
+    reports = result.verify()
+    assert all(r.passed for r in reports), [r.detail for r in reports]
+    assert sum(r.exact for r in reports[:-1]) == 2
+    with torch.no_grad():
+        detections = result.model(x)
+    assert set(detections[0]) == {"boxes", "labels", "scores"}
+    skipped = dict(result.skipped)
+    assert skipped["rpn.head.cls_logits"] == "called 3 times with inputs of different shapes"
+
+
+def test_untraceable_root_without_prunable_parts_raises_the_trace_error():
+    class ControlFlow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            if x.sum() > -1e9:
+                return self.conv(x)
+            return x
+
+    with pytest.raises(fxprune.TraceError, match="model's own forward"):
+        fxprune.prune(ControlFlow(), torch.randn(1, 3, 8, 8))
+
+
+def test_nothing_prunable_warns_and_names_the_blockers():
+    class OnlyLeaf(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3)
+            self.conv2 = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.conv2(RoundSTE.apply(self.conv1(x)))
+
+    with pytest.warns(UserWarning, match=r"nothing to prune in OnlyLeaf: every channel is frozen") as caught:
+        result = fxprune.prune(OnlyLeaf(), torch.randn(1, 3, 8, 8), 0.5)
+    message = str(caught[0].message)
+    assert "autograd_RoundSTE_0 (RoundSTE): custom torch.autograd.Function" in message
+    assert result.params_after == result.params_before
+    assert verify_equivalence(result.graph, result.keep, result.model, (torch.randn(1, 3, 8, 8),)).passed
