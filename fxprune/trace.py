@@ -229,9 +229,6 @@ def as_input_tuple(example_inputs: Any) -> tuple:
     )
 
 
-_as_tuple = as_input_tuple  # removed once the committed api.py/train_prune.py use as_input_tuple
-
-
 def symbolic_trace(
     model: nn.Module,
     leaf_modules: Iterable[type | str] = (),
