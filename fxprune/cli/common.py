@@ -104,8 +104,15 @@ def pruner_names() -> list[str]:
     return list(PRUNERS)
 
 
+def heads_modes() -> list[str]:
+    from fxprune.ops.attention import HEADS_MODES
+
+    return list(HEADS_MODES)
+
+
 REGISTRIES: dict[str, Callable[[], list[str]]] = {
     "scorers": scorer_names,
+    "heads": heads_modes,
     "datasets": dataset_names,
     "providers": provider_names,
     "samplers": sampler_names,

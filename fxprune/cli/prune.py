@@ -102,6 +102,12 @@ def prune_command(
     leaf: LeafOpt = None,
     verify: Annotated[bool, typer.Option(
         help="Check slim == masked dense on the example input.")] = True,
+    heads: Annotated[str, typer.Option(
+        help="Attention heads ({heads}): cut per head dim shared by all heads, or whole heads.")
+    ] = "dims",
+    uniform: Annotated[bool, typer.Option(
+        "--uniform", help="Prune --ratio of every group, as Torch-Pruning does, instead of "
+                          "one global ranking.")] = False,
     threads: ThreadsOpt = None,
 ) -> None:
     """Score, prune and slim MODEL into a physically smaller model.
@@ -121,8 +127,9 @@ def prune_command(
 
     # every check that can fail runs before the slow part
     set_threads(threads)
-    config = PruneConfig(ratio, min_ratio, scorer, round_to, target)  # ranges, one line each
+    config = PruneConfig(ratio, min_ratio, scorer, round_to, target, heads, uniform)  # ranges
     check_choice("--scorer", scorer, "scorers")
+    check_choice("--heads", heads, "heads")
     _check_something_to_prune(ratio, min_ratio, target)
     folder = None
     if out is not None:
@@ -133,7 +140,8 @@ def prune_command(
     console = Console()
     with stderr_console().status(f"tracing, scoring with {scorer} and slimming...") as status:
         result = prune(network, inputs, config.ratio, config.min_ratio, config.scorer,
-                       round_to=round_to, target=target, leaf_modules=leaves)
+                       round_to=round_to, target=target, leaf_modules=leaves, heads=heads,
+                       uniform=uniform)
         if result.params_after >= result.params_before:
             raise NothingToPruneError(f"{model}: {_blockers(result).rstrip('.')}. Nothing was written.")
         checks = []

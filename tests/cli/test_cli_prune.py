@@ -317,3 +317,15 @@ def test_a_slim_model_with_a_custom_leaf_loads_where_its_file_is_importable(tmp_
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=tmp_path, check=False)  # the model's folder is importable
     assert done.stdout.strip() == "leafy_net (1, 2, 8, 8)", done.stderr[-500:]
+
+
+def test_heads_and_uniform_reach_the_plan(model_file, tmp_path):
+    out = tmp_path / "uniform"
+    r = run("prune", model_file, "--ratio", "0.5", "--uniform", "--heads", "whole", "--out", out)
+    assert r.exit_code == 0, r.output
+    settings = json.loads((out / "plan.json").read_text())["settings"]
+    assert settings["uniform"] is True and settings["heads"] == "whole"
+    groups = json.loads((out / "plan.json").read_text())["groups"]
+    kept = sorted((g["size"], g["kept"]) for g in groups if g["frozen"] is None)
+    assert kept == [(8, 4), (16, 8)], groups  # half of every group, not one global ranking
+    one_line_error(run("prune", model_file, "--heads", "all"), "--heads")
