@@ -59,10 +59,17 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def is_storage_failure(err: BaseException) -> bool:
-    """An error raised by the database layer (SQLAlchemy or its driver)."""
-    module = type(err).__module__ or ""
-    return module.startswith(("sqlalchemy", "psycopg", "psycopg2", "sqlite3"))
+def is_storage_failure(err: BaseException | None) -> bool:
+    """An error raised by the database layer (SQLAlchemy or its driver, or Optuna's
+    wrapper of them), directly or as the cause of ``err``."""
+    seen = 0
+    while err is not None and seen < 8:
+        module = type(err).__module__ or ""
+        if module.startswith(("sqlalchemy", "psycopg", "psycopg2", "sqlite3")) or \
+                type(err).__name__ == "StorageInternalError":
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def storage_error(config: HpoConfig, err: BaseException) -> StorageError:

@@ -36,56 +36,78 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+class Server:
+    """A throw-away PostgreSQL server in a temporary folder."""
+
+    def __init__(self) -> None:
+        bin_dir = _server_binaries()
+        if bin_dir is None:
+            pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            pytest.skip("no psycopg driver: pip install 'fxprune[distributed]'")
+        self.bin_dir = bin_dir
+        self.folder = Path(tempfile.mkdtemp(prefix="fxprune-pg-"))
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            runuser = shutil.which("runuser")
+            if runuser is None:
+                pytest.skip("running as root without runuser: cannot start postgres")
+            shutil.chown(self.folder, "postgres")
+            self.prefix = [runuser, "-u", "postgres", "--"]
+        self.port = _free_port()
+        self.data = self.folder / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
+        try:
+            self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N")
+            self.start()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            detail = (getattr(err, "stderr", b"") or b"").decode()[-200:]
+            pytest.skip(f"cannot start a PostgreSQL server: {err} {detail}")
+
+    def _pg(self, program: str, *args: str) -> None:
+        subprocess.run([*self.prefix, str(self.bin_dir / program), *args], check=True,
+                       capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w",
+                 "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+                 "-c fsync=off", "start")
+
+    def stop(self) -> None:
+        subprocess.run([*self.prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m",
+                        "immediate", "stop"], capture_output=True, timeout=60)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _new_database(server_url: str) -> str:
+    import psycopg
+
+    name = f"hpo_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"{server_url}/{name}"
+
+
 @pytest.fixture(scope="module")
 def postgres_server():
-    """``postgresql://postgres@127.0.0.1:PORT``; the server is stopped afterwards."""
-    bin_dir = _server_binaries()
-    if bin_dir is None:
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
+    """``postgresql://postgres@127.0.0.1:PORT``; the server is removed afterwards."""
+    server = Server()
     try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("no psycopg driver: pip install 'fxprune[distributed]'")
-    as_root = os.geteuid() == 0
-    folder = Path(tempfile.mkdtemp(prefix="fxprune-pg-"))
-    prefix: list[str] = []
-    if as_root:
-        runuser = shutil.which("runuser")
-        if runuser is None:
-            pytest.skip("running as root without runuser: cannot start postgres")
-        shutil.chown(folder, "postgres")
-        prefix = [runuser, "-u", "postgres", "--"]
-    port = _free_port()
-    data = folder / "data"
-
-    def pg(*args: str) -> None:
-        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)
-
-    try:
-        pg(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-N")
-        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
-           "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
-        shutil.rmtree(folder, ignore_errors=True)
-        detail = getattr(err, "stderr", b"") or b""
-        pytest.skip(f"cannot start a PostgreSQL server: {err} {detail.decode()[-200:]}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        yield server.url
     finally:
-        subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture
 def database(postgres_server: str) -> str:
     """A new, empty database on the server: its URL."""
-    import psycopg
-
-    name = f"hpo_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return f"{postgres_server}/{name}"
+    return _new_database(postgres_server)
 
 
 def _command(model: str, out: Path, url: str, *extra: str) -> list[str]:
@@ -197,3 +219,36 @@ def test_sigterm_requeues_the_trial_and_exits_143(model_file: Path, tmp_path: Pa
     assert len(interrupted) == 1 and interrupted[0].state.name == "FAIL"
     assert any(t.state.name == "WAITING" and t.user_attrs.get("retry_of") ==
                interrupted[0].number for t in trials)
+
+
+def test_a_database_outage_is_one_line_and_the_same_command_resumes(model_file: Path,
+                                                                     tmp_path: Path):
+    server = Server()  # its own server: this test stops it
+    try:
+        url = _new_database(server.url)
+        command = _command(f"{model_file}:slow_model", tmp_path / "run", url, "--trials", "2",
+                           "--epochs", "2", "--seeds", "0")
+        process = subprocess.Popen(command, env=_environment("here"), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                if any(t.state.name == "RUNNING" for t in _search_trials(url)):
+                    break
+            except Exception:  # noqa: BLE001 - the study does not exist yet
+                pass
+        server.stop()  # the database goes away mid-trial
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 2, stderr[-2000:]
+        assert "Traceback" not in stderr
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "re-run the same command" in errors[0], stderr[-2000:]
+        server.start()
+        again = subprocess.run(command, env=_environment("here"), capture_output=True,
+                               text=True, timeout=400)
+        assert again.returncode == 0, again.stderr[-2000:]
+        done = [t for t in _search_trials(url) if t.state.name in ("COMPLETE", "PRUNED")]
+        assert len(done) == 2
+    finally:
+        server.remove()
