@@ -232,6 +232,14 @@ def stderr_console() -> Any:
     return Console(stderr=True)
 
 
+def progress_line(message: str) -> None:
+    """A progress line on stderr (export, timing and latency targets take tens of seconds);
+    plain text, so it also reads when stderr is a file."""
+    from rich.text import Text
+
+    stderr_console().print(Text(f"... {message}", style="dim"), soft_wrap=True)
+
+
 __all__ = [
     "REGISTRIES",
     "ForceOpt",
@@ -247,6 +255,7 @@ __all__ = [
     "command",
     "error_line",
     "load",
+    "progress_line",
     "protected_paths",
     "resolve_leaves",
     "set_threads",

@@ -20,8 +20,8 @@ from fxprune.cli.common import (
     ThreadsOpt,
     check_choice,
     command,
+    progress_line,
     set_threads,
-    stderr_console,
 )
 from fxprune.errors import ConfigError
 
@@ -164,13 +164,6 @@ def profile_command(
     if plot_path is not None:
         sweep_plot(report.sweep, plot_path)
         console.print(f"sweep plot written to {plot_path}", soft_wrap=True)
-
-
-def progress_line(message: str) -> None:
-    """A progress line on stderr (export and timing take tens of seconds)."""
-    from rich.text import Text
-
-    stderr_console().print(Text(f"... {message}", style="dim"), soft_wrap=True)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ from fxprune.cli.common import (
     check_choice,
     command,
     load,
+    progress_line,
     protected_paths,
     resolve_leaves,
     set_threads,
@@ -90,7 +91,8 @@ def prune_command(
         help="Channel scorer: {scorers}. (Data-driven scorers such as snip: use the API.)")
     ] = defaults.SCORER,
     target: Annotated[str | None, typer.Option(
-        help="A budget instead of --ratio, e.g. flops=0.3 (keep 30% of the MACs).",
+        help="A budget instead of --ratio: flops=0.3 keeps 30% of the MACs, latency=0.3 aims at "
+         "30% of the dense model's latency measured here (onnxruntime, CPU).",
         show_default=False)] = None,
     round_to: Annotated[int | None, typer.Option(
         help="Keep channel counts multiples of this.", show_default=False)] = None,
@@ -131,6 +133,7 @@ def prune_command(
     check_choice("--scorer", scorer, "scorers")
     check_choice("--heads", heads, "heads")
     _check_something_to_prune(ratio, min_ratio, target)
+    latency = _latency_target(target)
     folder = None
     if out is not None:
         folder = io.OutputFolder.prepare(out, force=force, protect=protected_paths(model))
@@ -138,10 +141,19 @@ def prune_command(
     leaves = resolve_leaves(network, leaf)
 
     console = Console()
+    shown = result = None
+    if latency is not None:  # measured on this machine: progress lines, no spinner
+        from fxprune.deploy.latency_target import prune_to_latency
+
+        shown = prune_to_latency(network, inputs, latency, scorer=scorer, min_ratio=min_ratio,
+                                 round_to=round_to, threads=threads, leaf_modules=leaves,
+                                 progress=progress_line)
+        result = shown.result
     with stderr_console().status(f"tracing, scoring with {scorer} and slimming...") as status:
-        result = prune(network, inputs, config.ratio, config.min_ratio, config.scorer,
-                       round_to=round_to, target=target, leaf_modules=leaves, heads=heads,
-                       uniform=uniform)
+        if result is None:
+            result = prune(network, inputs, config.ratio, config.min_ratio, config.scorer,
+                           round_to=round_to, target=target, leaf_modules=leaves, heads=heads,
+                           uniform=uniform)
         if result.params_after >= result.params_before:
             raise NothingToPruneError(f"{model}: {_blockers(result).rstrip('.')}. Nothing was written.")
         checks = []
@@ -150,7 +162,7 @@ def prune_command(
             graph = getattr(result, "graph", None)  # None: parts of an untraceable root
             checks = ([verify_equivalence(graph, result.keep, result.model, inputs)]
                       if graph is not None else result.verify())
-    console.print(result)
+    console.print(shown or result)
     console.print(widths_table(network, result))
     for check in checks:
         console.print(f"equivalence: {'[green]ok[/]' if check.passed else '[red]FAILED[/]'} - {check}")
@@ -166,10 +178,20 @@ def prune_command(
         io.write_slim(tmp, result.model, inputs, {"model": model, "settings": settings}, specs)
         io.atomic_write_text(tmp / io.PLAN_FILE, result.plan.to_json())
         io.atomic_write_json(tmp / io.SUMMARY_FILE, {
-            **result.summary(), "model": model, "settings": settings,
+            **(shown or result).summary(), "model": model, "settings": settings,
             "equivalence": details[0] if len(details) == 1 else details or None})
     console.print(f"wrote {out}/ ({io.SLIM_FILE}, {io.META_FILE}, {io.PLAN_FILE}, "
                   f"{io.SUMMARY_FILE}); load with fxprune.load_slim('{out}')", soft_wrap=True)
+
+
+def _latency_target(target: str | None):
+    """``--target latency=0.3`` (a fraction of the dense model's measured latency) as a
+    ``LatencyTarget``, parsed before any work; ``None`` for other targets."""
+    if target is None or not target.strip().lower().startswith("latency"):
+        return None
+    from fxprune.deploy.latency_target import LatencyTarget
+
+    return LatencyTarget.parse(target)
 
 
 def _check_something_to_prune(ratio: float, min_ratio: float, target: str | None) -> None:

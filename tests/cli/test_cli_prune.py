@@ -329,3 +329,17 @@ def test_heads_and_uniform_reach_the_plan(model_file, tmp_path):
     kept = sorted((g["size"], g["kept"]) for g in groups if g["frozen"] is None)
     assert kept == [(8, 4), (16, 8)], groups  # half of every group, not one global ranking
     one_line_error(run("prune", model_file, "--heads", "all"), "--heads")
+
+
+def test_latency_target_prunes_to_a_measured_fraction(model_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("FXPRUNE_CACHE", str(tmp_path / "cache"))  # the latency table's cache
+    out = tmp_path / "lat"
+    r = run("prune", model_file, "--target", "latency=0.5", "--threads", "1", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "Latency target latency=0.5" in r.output and "equivalence: ok" in r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target"] == "latency=0.5" and 0 < summary["measured"] < 1
+    assert summary["params_after"] < summary["params_before"]
+    one_line_error(run("prune", model_file, "--target", "latency=2", "--out", tmp_path / "x"),
+                   "latency=0.3")
+    assert not (tmp_path / "x").exists()
