@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -42,6 +43,9 @@ from rich.table import Table
 from torch import nn
 
 import fxprune
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import first_line  # noqa: E402
 
 DEFAULT_MODELS = [
     "resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0",
@@ -79,11 +83,6 @@ def final_classifier(model: nn.Module) -> nn.Module:
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
     return linears[-1]
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:120] if text else ''}".rstrip(": ")
 
 
 def check_output(model: nn.Module, x: torch.Tensor, dense_shape: torch.Size) -> str:

@@ -24,7 +24,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class LatencyTarget:
     table_threads: int = 1
     max_iterations: int = 5
     timing_seconds: float = 20.0  # at most this long per dense-vs-slim timing
+    cache_dir: str | None = None  # None: ~/.cache/fxprune/latency (FXPRUNE_CACHE)
 
     def __post_init__(self):
         if not 0.0 < self.latency <= 1.0:
@@ -81,6 +82,14 @@ class LatencyTarget:
 
     def describe(self) -> str:
         return f"latency={self.latency:g}"
+
+    def select(self, graph, scores, example_inputs, min_ratio: float, round_to: int | None) -> np.ndarray:
+        """The budget-object hook of ``fxprune.prune(target=...)``: measure, select,
+        correct (see the module docstring) and return the keep mask closest to the target."""
+        inputs = as_input_tuple(example_inputs)
+        steps, keeps, _ = search(graph, inputs, np.asarray(scores, dtype=np.float64), self,
+                                 min_ratio=min_ratio, round_to=round_to)  # fmt: skip
+        return keeps[closest(steps, self.latency)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,7 +185,6 @@ def prune_to_latency(
     ``measure(slim_model) -> fraction`` and ``layer_timer`` replace the real timings
     (tests); ``progress`` receives one line per step.
     """
-    import torch
 
     started = time.perf_counter()
     if isinstance(latency, LatencyTarget):
@@ -186,7 +194,6 @@ def prune_to_latency(
                        table_threads=table_threads, max_iterations=max_iterations)  # fmt: skip
         target = (LatencyTarget.parse(latency, **options) if isinstance(latency, str)
                   else LatencyTarget(float(latency), **options))  # fmt: skip
-    threads = target.threads or torch.get_num_threads()
     say = progress or (lambda message: None)
     inputs = as_input_tuple(example_inputs)
     PruneConfig(0.0, min_ratio)  # validates min_ratio like prune() does
@@ -195,18 +202,40 @@ def prune_to_latency(
     # scored on the first example: Synflow's objective grows with the batch, its ranking
     # does not, and batch 64 costs 30 s on two busy cores
     scores = _scores(graph, tuple(t[:1] if t.dim() else t for t in inputs), scorer, data)
+    if cache_dir is not None:
+        target = replace(target, cache_dir=str(cache_dir))
+    steps, keeps, table = search(graph, inputs, scores, target, min_ratio=min_ratio, round_to=round_to,
+                                 use_cache=use_cache, measure=measure, layer_timer=layer_timer,
+                                 model_name=type(model).__name__, progress=progress)  # fmt: skip
+    best = closest(steps, target.latency)
+    result = _result(graph, keeps[best], inputs, scorer, min_ratio, round_to, target, steps[best])
+    return LatencyResult(result, target, steps[best].measured, steps, table.seconds, table.cached,
+                         dict(table.blocks), time.perf_counter() - started)  # fmt: skip
+
+
+def search(graph, inputs, scores, target: LatencyTarget, *, min_ratio: float, round_to: int | None,
+           use_cache: bool = True, measure: Measure | None = None, layer_timer=None,
+           model_name: str | None = None, progress: Progress | None = None):  # fmt: skip
+    """Table, selection and correction loop: (attempts, their keep masks, the table)."""
+    import torch
+
+    threads = target.threads or torch.get_num_threads()
+    say = progress or (lambda message: None)
     specs = layer_specs(graph.gm, inputs)
-    table = build_latency_table(specs, model_name=type(model).__name__, provider=target.provider,
-                                threads=target.table_threads, cache_dir=cache_dir,
-                                use_cache=use_cache, timer=layer_timer, progress=progress)  # fmt: skip
+    table = build_latency_table(specs, model_name=model_name or type(graph.gm).__name__,
+                                provider=target.provider, threads=target.table_threads,
+                                cache_dir=target.cache_dir, use_cache=use_cache, timer=layer_timer,
+                                progress=progress)  # fmt: skip
     selector = LatencySelector(graph, specs, scores, table, min_ratio, round_to)
     with tempfile.TemporaryDirectory(prefix="fxprune-latency-") as workdir:
         measure = measure or _onnx_measure(graph.gm, inputs, target, threads, Path(workdir), progress)
         steps, keeps = _correct(selector, graph, inputs, target, measure, say)
-    best = min(range(len(steps)), key=lambda n: abs(steps[n].measured / target.latency - 1.0))
-    result = _result(graph, keeps[best], inputs, scorer, min_ratio, round_to, target, steps[best])
-    return LatencyResult(result, target, steps[best].measured, steps, table.seconds, table.cached,
-                         dict(table.blocks), time.perf_counter() - started)  # fmt: skip
+    return steps, keeps, table
+
+
+def closest(steps: list[LatencyStep], goal: float) -> int:
+    """Index of the attempt whose measured latency is closest to the goal."""
+    return min(range(len(steps)), key=lambda n: abs(steps[n].measured / goal - 1.0))
 
 
 def _correct(selector: LatencySelector, graph, inputs, target: LatencyTarget, measure: Measure, say):

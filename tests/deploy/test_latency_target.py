@@ -218,3 +218,20 @@ def test_latency_vs_width_plot(tmp_path):
     specs, table = build(tmp_path)
     path = plot_latency_vs_width(table, specs, tmp_path / "widths.png", top=2)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prune_accepts_the_latency_target_object(tmp_path, monkeypatch):
+    import fxprune
+    from fxprune.deploy import latency_target
+
+    fractions = iter([0.7, 0.52, 0.5, 0.5, 0.5])
+    real_search = latency_target.search
+
+    def stubbed(*args, **kwargs):  # the stubbed runtime, the fake layer timer
+        return real_search(*args, **kwargs, measure=lambda m: next(fractions), layer_timer=FakeTimer())
+
+    monkeypatch.setattr(latency_target, "search", stubbed)
+    target = LatencyTarget(0.5, cache_dir=str(tmp_path))
+    result = fxprune.prune(TwoConvNet().eval(), example(), min_ratio=0.1, scorer="l1", target=target)
+    assert result.plan.settings["target"] == "latency=0.5"
+    assert result.model(*example()).shape == (2, 10) and not result.keep.all()
