@@ -59,7 +59,7 @@ class PrunedPart:
     qualname: str
     result: Any  # the part's PruneResult (model, graph, keep, plan, MACs)
     inputs: tuple  # the positional inputs of its first call
-    calls: int  # how often the model's forward calls it
+    calls: list[tuple]  # the inputs of every call (an FPN head: one per level)
 
 
 @dataclass
@@ -109,10 +109,10 @@ class PartialPruneResult:
         }
 
     def verify(self, rtol: float = 1e-4) -> list[EquivalenceReport]:
-        """One report per part (masked-dense oracle on its recorded inputs), then one for
-        the whole model (slim vs dense with every part masked)."""
-        reports = [verify_equivalence(p.result.graph, p.result.keep, p.result.model, p.inputs, rtol)
-                   for p in self.parts]
+        """One report per call of each part (masked-dense oracle on its recorded inputs),
+        then one for the whole model (slim vs dense with every part masked)."""
+        reports = [verify_equivalence(p.result.graph, p.result.keep, p.result.model, args, rtol)
+                   for p in self.parts for args in p.calls]
         reports.append(self._verify_whole(rtol))
         return reports
 
@@ -242,18 +242,18 @@ def prune_parts(model: nn.Module, example_inputs: Any, prune_part: PrunePart,
         except FxPruneError as exc:  # e.g. the slim part does not run: keep it dense
             skipped.append((part.qualname, f"pruning it failed, kept dense: {str(exc)[:200]}"))
             continue
-        check = verify_equivalence(result.graph, result.keep, result.model, part.inputs)
-        if not check.passed:  # never hand back a part that disagrees with the oracle
-            skipped.append((part.qualname, f"slim part failed the oracle ({check.detail}), kept dense"))
+        failed = _first_failed_call(result, part.calls)
+        if failed:  # never hand back a part that disagrees with the oracle on any call
+            skipped.append((part.qualname, f"slim part failed the oracle ({failed}), kept dense"))
             continue
-        parts.append(PrunedPart(part.qualname, result, part.inputs, len(calls.get(part.qualname, [1]))))
+        parts.append(PrunedPart(part.qualname, result, part.inputs, part.calls))
     if not parts:
         raise root_error or UntraceableRoot(f"{type(model).__name__}: no submodule with prunable channels traces")
     slim_model = _replace_parts(model, {p.qualname: p.result.model for p in parts})
     batch = inputs[0].shape[0] if inputs[0].dim() else 1
     rest = _rest_macs(model, calls, [p.qualname for p in parts])
-    before = rest + sum(_part_macs(p, p.result.macs_before) for p in parts)
-    after = rest + sum(_part_macs(p, p.result.macs_after) for p in parts)
+    before = rest + sum(_calls_macs(p.result.graph.gm, p.calls) for p in parts)
+    after = rest + sum(_calls_macs(p.result.model, p.calls) for p in parts)
     result = PartialPruneResult(slim_model, None, parts, skipped,  # type: ignore[arg-type]
                                 count_params(model), count_params(slim_model), before // batch,
                                 after // batch, inputs, model)
@@ -261,11 +261,26 @@ def prune_parts(model: nn.Module, example_inputs: Any, prune_part: PrunePart,
     return result
 
 
-def _part_macs(part: PrunedPart, per_example: int) -> int:
-    """A part's MACs of all its calls, whole batch (PruneResult counts per example of the
-    part's own first input dim, which is not the model's batch: 150 boxes, say)."""
-    first = part.inputs[0]
-    return per_example * (first.shape[0] if first.dim() else 1) * part.calls
+def _first_failed_call(result: Any, calls: list[tuple]) -> str:
+    """The oracle's complaint on the first call where the slim part disagrees, or ""."""
+    for args in calls:
+        try:
+            check = verify_equivalence(result.graph, result.keep, result.model, args)
+        except Exception as exc:  # the dense graph or the slim part does not run on it
+            return f"a call with inputs {[tuple(a.shape) for a in args]} raised {type(exc).__name__}"
+        if not check.passed:
+            return check.detail
+    return ""
+
+
+def _calls_macs(gm: nn.Module, calls: list[tuple]) -> int:
+    """MACs of every call of a part, whole batch (``macs_report`` counts per example of
+    the part's own first input dim, which is not the model's batch: 150 boxes, say)."""
+    total = 0
+    for args in calls:
+        batch = args[0].shape[0] if args[0].dim() else 1
+        total += macs_report(gm, args).macs * max(1, batch)
+    return total
 
 
 def merge_plans(parts: list[PrunedPart], settings: dict[str, Any], summary: dict[str, Any]) -> PrunePlan:

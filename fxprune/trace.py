@@ -37,7 +37,7 @@ import copy
 import inspect
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -434,8 +434,9 @@ class TraceablePart:
     """A submodule that traces on its own, with the inputs it was called with."""
 
     qualname: str
-    gm: fx.GraphModule  # traced and shape-annotated; shares the model's modules
+    gm: fx.GraphModule  # traced and shape-annotated (first call); shares the model's modules
     inputs: tuple  # the positional tensors of its first call
+    calls: list[tuple] = field(default_factory=list)  # the inputs of every call, first included
 
 
 def capture_module_inputs(model: nn.Module, example_inputs: Any) -> dict[str, list[tuple]]:
@@ -477,8 +478,9 @@ def find_traceable_parts(
 
     Walks down from the root: a child that traces (possibly with automatic leaves
     inside) is a part; one whose own forward does not trace is descended into. A module
-    called more than once with inputs of different shapes, with keyword arguments or
-    non-tensor arguments is skipped (a slim copy must fit every call). Returns the parts
+    called with keyword arguments, non-tensor arguments, or inputs of another rank on a
+    later call is skipped; ``TraceablePart.calls`` lists every call's inputs, so a slim
+    copy can be checked against each of them. Returns the parts
     and ``(qualname, reason)`` for each skipped module that has parameters. ``calls``:
     what ``capture_module_inputs`` recorded, if the caller has it already.
     """
@@ -499,7 +501,8 @@ def find_traceable_parts(
             inner_leaves = [x if isinstance(x, type) else x[len(name) + 1:] for x in leaf_modules
                             if isinstance(x, type) or x.startswith(name + ".")]
             try:
-                part = TraceablePart(name, trace_model(module, inputs, inner_leaves, copy_model=False), inputs)
+                gm = trace_model(module, inputs, inner_leaves, copy_model=False)
+                part = TraceablePart(name, gm, inputs, list(calls[name]))
             except UntraceableRoot as exc:
                 why_not = str(exc).split(". Fix:")[0]
             except TraceError as exc:
@@ -523,9 +526,11 @@ def _single_call_inputs(recorded: list[Any] | None) -> tuple[tuple | None, str]:
     first = recorded[0]
     if not first or not all(isinstance(a, torch.Tensor) for a in first):
         return None, "called with non-tensor arguments"
-    signature = [tuple(a.shape) for a in first]
-    if any([tuple(getattr(a, "shape", ())) for a in args] != signature for args in recorded[1:]):
-        return None, f"called {len(recorded)} times with inputs of different shapes"
+    # calls with other sizes are fine (an FPN head on every level): the slim part is
+    # checked on each of them; a different number or rank of inputs is not
+    signature = [a.dim() for a in first]
+    if any([getattr(a, "ndim", -1) for a in args] != signature for args in recorded[1:]):
+        return None, f"called {len(recorded)} times with inputs of different ranks"
     return first, ""
 
 

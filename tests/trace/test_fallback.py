@@ -223,7 +223,7 @@ def test_untraceable_root_is_named_and_its_parts_found():
     assert skipped == []
 
 
-def test_part_called_with_different_shapes_is_skipped():
+def test_part_called_at_several_sizes_lists_every_call():
     class TwoScales(nn.Module):
         def __init__(self):
             super().__init__()
@@ -234,8 +234,8 @@ def test_part_called_with_different_shapes_is_skipped():
             return [o.sum() for o in outs] if x.sum() > -1e9 else outs
 
     parts, skipped = find_traceable_parts(TwoScales().eval(), x8())
-    assert parts == []
-    assert skipped == [("conv", "called 2 times with inputs of different shapes")]
+    assert [p.qualname for p in parts] == ["conv"] and skipped == []
+    assert [tuple(args[0].shape) for args in parts[0].calls] == [(2, 3, 8, 8), (2, 3, 4, 4)]
 
 
 def test_graph_module_input_keeps_its_leaves():

@@ -164,8 +164,8 @@ def test_small_torchvision_detector_at_small_input():
     with torch.no_grad():
         detections = result.model(x)
     assert set(detections[0]) == {"boxes", "labels", "scores"}
-    skipped = dict(result.skipped)
-    assert skipped["rpn.head.cls_logits"] == "called 3 times with inputs of different shapes"
+    skipped = dict(result.skipped)  # the RPN head runs on 3 levels: traced, nothing prunable
+    assert skipped["rpn.head.cls_logits"].startswith("traced, but every channel is frozen")
 
 
 def test_untraceable_root_without_prunable_parts_raises_the_trace_error():
