@@ -7,6 +7,7 @@ the output folder appears only once complete (``fxprune.io.OutputFolder``).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -151,9 +152,11 @@ def prune_command(
         result = shown.result
     with stderr_console().status(f"tracing, scoring with {scorer} and slimming...") as status:
         if result is None:
-            result = prune(network, inputs, config.ratio, config.min_ratio, config.scorer,
-                           round_to=round_to, target=target, leaf_modules=leaves, heads=heads,
-                           uniform=uniform)
+            with warnings.catch_warnings():  # the API's warning is our exit-3 line below
+                warnings.filterwarnings("ignore", message="fxprune: nothing to prune")
+                result = prune(network, inputs, config.ratio, config.min_ratio, config.scorer,
+                               round_to=round_to, target=target, leaf_modules=leaves,
+                               heads=heads, uniform=uniform)
         if result.params_after >= result.params_before:
             raise NothingToPruneError(f"{model}: {_blockers(result).rstrip('.')}. Nothing was written.")
         checks = []
