@@ -41,8 +41,8 @@ from _common import (
     FULL,
     QUICK,
     Timing,
-    count,
     build_model,
+    count,
     open_session,
     random_feed,
     time_interleaved,
@@ -130,8 +130,8 @@ class SeedResult:
 
 def run_seed(model_name: str, seed: int, args, timing: Timing, workdir: Path, log) -> SeedResult:
     import fxprune
-    from fxprune.deploy import export_onnx
     from fxprune.cost import count_macs, count_params
+    from fxprune.deploy import export_onnx
 
     dense, x = build_model(model_name, seed)
     result = SeedResult(model_name, seed)

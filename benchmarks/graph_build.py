@@ -45,7 +45,7 @@ from torch import nn
 import fxprune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import first_line  # noqa: E402
+from _common import first_line
 
 DEFAULT_MODELS = [
     "resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0",

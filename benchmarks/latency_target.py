@@ -207,7 +207,7 @@ def main(argv=None) -> int:
                 results.append(run_case(case, args, timing, Path(scratch), console.log))
             except Exception as error:  # noqa: BLE001 - a benchmark reports, it does not stop
                 console.log(f"[red]{case} failed: {first_line(error)}")
-                name, ratio, batch = CASES[case]
+                _, ratio, batch = CASES[case]
                 results.append(CaseResult(case, ratio, batch, error=first_line(error)))
     console.print(render(results, args))
     for r in results:

@@ -190,8 +190,8 @@ def prune_to_latency(
     if isinstance(latency, LatencyTarget):
         target = latency
     else:
-        options = dict(tolerance=tolerance, provider=provider, threads=threads,
-                       table_threads=table_threads, max_iterations=max_iterations)  # fmt: skip
+        options = {"tolerance": tolerance, "provider": provider, "threads": threads,
+                   "table_threads": table_threads, "max_iterations": max_iterations}
         target = (LatencyTarget.parse(latency, **options) if isinstance(latency, str)
                   else LatencyTarget(float(latency), **options))  # fmt: skip
     say = progress or (lambda message: None)

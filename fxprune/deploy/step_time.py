@@ -11,13 +11,16 @@ On CUDA every step is synchronised, so the time is what the step really costs.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .profiling import LatencyStat, Progress, Timing, compare, time_interleaved, verdict
+
+
+STEP_TIMING = Timing(warmup=2, min_runs=10, min_seconds=1.0, max_seconds=30.0)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def compare_step_times(
     example_inputs,
     *,
     device: str | torch.device = "cpu",
-    timing: Timing = Timing(warmup=2, min_runs=10, min_seconds=1.0, max_seconds=30.0),
+    timing: Timing = STEP_TIMING,
     progress: Progress | None = None,
 ) -> StepTimeComparison:
     """Forward+backward time of ``dense`` and ``slim`` on ``example_inputs``, interleaved."""
@@ -114,7 +117,7 @@ def measure_step_time(
     example_inputs,
     *,
     device: str | torch.device = "cpu",
-    timing: Timing = Timing(warmup=2, min_runs=10, min_seconds=1.0, max_seconds=30.0),
+    timing: Timing = STEP_TIMING,
 ) -> StepTime:
     """Forward+backward time of one model (see ``compare_step_times`` for two)."""
     device = torch.device(device)

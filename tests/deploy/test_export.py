@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fxprune.errors import ExportError
 from fxprune.deploy import ExportReport, export_onnx
+from fxprune.errors import ExportError
 
 pytestmark = pytest.mark.onnx
 onnx = pytest.importorskip("onnx")

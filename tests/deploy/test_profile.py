@@ -12,19 +12,19 @@ import pytest
 import torch
 from torch import nn
 
-from fxprune.errors import ConfigError, ProfileError
 from fxprune.deploy import (
-    export_onnx,
     Environment,
     LatencyStat,
     ModelProfile,
     ProfileReport,
     SweepPoint,
+    export_onnx,
     profile_models,
     profile_onnx,
     resolve_providers,
     sweep_plot,
 )
+from fxprune.errors import ConfigError, ProfileError
 
 pytestmark = pytest.mark.onnx
 pytest.importorskip("onnxruntime")
