@@ -123,3 +123,9 @@ def test_cli_leaf_model_round_trip(user_module, tmp_path):
             print(tuple(model(*inputs).shape), type(model.block).__module__)
     """)
     assert fresh_python(code, tmp_path).split() == ["(1,", "4,", "16,", "16)", "leafy_user_model"]
+    # and the slim folder exports (a fresh process again: the leaf class comes from the file)
+    exported = subprocess.run([sys.executable, "-m", "fxprune.cli", "export", str(out), "--out",
+                               str(tmp_path / "slim.onnx")], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (tmp_path / "slim.onnx").stat().st_size > 1000
