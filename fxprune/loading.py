@@ -4,7 +4,8 @@ Accepted forms:
 
 * ``path/to/model.py``        the file defines ``build_model()`` or a module-level ``model``
 * ``path/to/model.py:name``   ``name`` is a function or class in the file, called with no args
-* ``torchvision:resnet50``    ``torchvision.models.get_model(name, weights=None)``
+* ``torchvision:resnet50``    ``torchvision.models.get_model(name, weights=None)`` (and
+                              ``weights_backbone=None``: nothing is ever downloaded)
 * ``fxprune:resnet56``        the built-in registry in ``fxprune.models``
 
 Example inputs come from, in order: explicit input specs (``--input-shape``, repeatable,
@@ -317,7 +318,10 @@ def _load_torchvision(name: str, num_classes: int | None) -> tuple[nn.Module, tu
             f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
         )
         raise ModelLoadError(f"unknown torchvision model {name!r}: {hint}")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, object] = {} if num_classes is None else {"num_classes": num_classes}
+    builder = torchvision.models.get_model_builder(name)
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        kwargs["weights_backbone"] = None  # detection/segmentation: no pretrained backbone either
     try:
         model = torchvision.models.get_model(name, weights=None, **kwargs)  # never downloads
     except Exception as err:  # any constructor failure is a load failure

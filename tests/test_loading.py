@@ -286,3 +286,16 @@ def test_a_shape_without_batch_dim_is_refused(tmp_path: Path) -> None:
     assert_one_line_error("fxprune:resnet20", "no batch dimension", input_shape="32")
     _, (x,) = load_model(str(path), input_shape=["2,3,8,8"])
     assert x.shape == (2, 3, 8, 8)
+
+
+def test_torchvision_detectors_build_without_downloading_a_backbone(monkeypatch) -> None:
+    import torchvision
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", no_download)
+    model, (x,) = load_model("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn",
+                             input_shape="1,3,96,96")
+    assert x.shape == (1, 3, 96, 96) and not model.training
