@@ -40,8 +40,9 @@ import torch
 from torch import nn
 
 from fxprune.errors import ConfigError
+from fxprune.io import atomic_write_bytes
 
-from .report import new_figure, save_figure, write_atomically
+from .report import new_figure, save_figure
 from .runtime import device_name, open_session, resolve_providers
 
 TABLE_VERSION = 1
@@ -269,7 +270,7 @@ class LatencyTable:
                    data["seconds"], data["measurements"], cached=True)  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> Path:
-        return write_atomically(Path(path), json.dumps(self.to_dict(), indent=1).encode())
+        return atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=1).encode())
 
 
 def _interp(points: dict[int, float], width: int, dense: float, base: float) -> float:
