@@ -5,13 +5,15 @@ onnx and matplotlib load lazily, inside the functions that need them.
 
     export.py          export_onnx: TorchScript/dynamo, names, dynamic axes, parity
     onnx_check.py      the checker, onnxruntime parity, inputs at other sizes
+    quiet.py           silencing the exporters; one-line error messages
     runtime.py         providers and sessions (CPU default, CUDA/TensorRT when present)
     profiling.py       timing until the median's 95% interval is within +-3%
     dense_vs_slim.py   profile_models: the report behind ``fxprune profile``
     layer_profile.py   per-node times from onnxruntime's profiler
     report.py          ProfileReport and friends: JSON + rich rendering, plots
     latency_table.py   latency vs kept width per layer, measured, cached on disk
-    latency_target.py  prune_to_latency: select under a measured latency budget
+    latency_selection.py  greedy score-per-millisecond selection under a budget
+    latency_target.py  prune_to_latency / LatencyTarget: table, selection, +-10% correction
     step_time.py       training step time in PyTorch (for the HPO proxy)
 """
 
