@@ -12,13 +12,13 @@ from fxprune.train.state import PruningState
 from fxprune.train.trainer import train_prune
 
 __all__ = [
-    "train_prune",
-    "TrainPruneOptions",
-    "TrainPruneResult",
-    "TrainPruneHistory",
     "EpochRecord",
     "PruningState",
+    "TrainPruneHistory",
+    "TrainPruneOptions",
+    "TrainPruneResult",
     "check_tradeoff",
     "marginal_costs",
     "recalibrate_batchnorm",
+    "train_prune",
 ]

@@ -31,7 +31,7 @@ hpo_app = typer.Typer(
     add_completion=False,
 )
 
-from fxprune.cli.common import ModelArg, cli_errors, error_line  # noqa: E402
+from fxprune.cli.common import ModelArg, cli_errors, error_line
 
 INTERRUPTED = "interrupted: the running trial is queued again; re-run the same command to resume"
 

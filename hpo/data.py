@@ -591,8 +591,8 @@ __all__ = [
     "cifar_dataset",
     "digits_dataset",
     "idx_dataset",
-    "read_idx",
     "load_dataset",
+    "read_idx",
     "synthetic_dataset",
     "tinyimagenet_dataset",
 ]

@@ -110,7 +110,7 @@ class Heartbeat:
                 if self._stop.is_set():
                     return
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Heartbeat:  # noqa: PYI034 - Self needs Python 3.11
         self._thread.start()
         return self
 

@@ -225,7 +225,7 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage) -> opt
                                        load_if_exists=True)
         except optuna.exceptions.DuplicatedStudyError:
             time.sleep(0.1 * (attempt + 1))
-        except Exception as err:  # noqa: BLE001 - the same race seen from the database
+        except Exception as err:
             if not is_storage_failure(err) or attempt + 1 == SCHEMA_RETRIES:
                 raise
             time.sleep(0.2 * (attempt + 1))

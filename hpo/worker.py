@@ -168,7 +168,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner) -> 
         why = "terminated (SIGTERM)" if isinstance(err, Terminated) else "stopped by the user"
         liveness.retire_interrupted(study, _optuna.frozen(study, trial), why)
         raise
-    except Exception as err:  # noqa: BLE001 - recorded on the trial, the study goes on
+    except Exception as err:
         if is_storage_failure(err):
             raise
         kind = "out of memory" if isinstance(err, out_of_memory) else type(err).__name__
@@ -247,7 +247,7 @@ def worker_entry(config_data: dict[str, Any], job_data: dict[str, Any], errors: 
         raise SystemExit(143) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except Exception as err:  # noqa: BLE001 - a database failure: one line from the parent
+    except Exception as err:
         if not is_storage_failure(err):
             raise
         errors.put(str(storage_error(config, err)))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxprune.train.expected_cost import ExpectedCost
+from fxprune.cost.expected import ExpectedCost
 from fxprune.train.gates import GateBank
 from fxprune.train.options import TrainPruneOptions
 from fxprune.train.state import PruningState

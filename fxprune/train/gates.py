@@ -33,8 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from fxprune.analysis import META_LABELS, ChannelGraph, iter_arrays
 from fxprune.sections import Section, find_sections, remove_sections
@@ -213,12 +212,12 @@ def build_gated_module(
 
 
 __all__ = [
-    "Section",
-    "GatePoint",
+    "GATES_TARGET",
     "GateBank",
+    "GatePoint",
+    "Section",
+    "build_gated_module",
     "find_sections",
     "remove_sections",
     "unit_gate_points",
-    "build_gated_module",
-    "GATES_TARGET",
 ]

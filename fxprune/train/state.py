@@ -11,16 +11,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from fxprune.analysis import ChannelGraph
-from fxprune.train.expected_cost import ExpectedCost, build_expected_cost
-from fxprune.train.gates import build_gated_module
-from fxprune.sections import Section, find_sections, remove_sections
+from fxprune.cost.expected import ExpectedCost, build_expected_cost
 from fxprune.ops import build_channel_graph
+from fxprune.sections import Section, find_sections, remove_sections
 from fxprune.surgery import kept_indices, slim
 from fxprune.trace import trace_model
+from fxprune.train.gates import build_gated_module
 
 
 class PruningState:

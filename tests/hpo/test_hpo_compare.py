@@ -17,7 +17,7 @@ from hpo.report import HpoReport, mean_ci
 
 def test_elapsed_span_counts_overlaps_once_and_skips_gaps():
     t0 = datetime(2026, 1, 1)
-    trial = lambda a, b: SimpleNamespace(datetime_start=t0 + timedelta(seconds=a),  # noqa: E731
+    trial = lambda a, b: SimpleNamespace(datetime_start=t0 + timedelta(seconds=a),
                                          datetime_complete=t0 + timedelta(seconds=b))
     # two workers overlapping on [0, 10] and [5, 12], a kill, then a resume at [100, 103]
     assert elapsed_span([trial(0, 10), trial(5, 12), trial(100, 103)]) == 15.0

@@ -8,6 +8,7 @@ Machines are stood in for by processes with their own run folder and their own h
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -22,7 +23,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 
 
 def _server_binaries() -> Path | None:
@@ -78,7 +78,7 @@ class Server:
 
     def stop(self) -> None:
         subprocess.run([*self.prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m",
-                        "immediate", "stop"], capture_output=True, timeout=60)
+                        "immediate", "stop"], capture_output=True, timeout=60, check=False)
 
     def remove(self) -> None:
         self.stop()
@@ -177,7 +177,7 @@ def test_a_dead_machines_trial_is_reclaimed_by_the_other(model_file: Path, tmp_p
     lost = running[0].number
     second = subprocess.run(_command(slow, tmp_path / "b", database, *extra),
                             env=_environment("machine-b"), capture_output=True, text=True,
-                            timeout=400)
+                            timeout=400, check=False)
     assert second.returncode == 0, second.stderr[-2000:]
     trials = {t.number: t for t in _search_trials(database)}
     assert trials[lost].state.name == "FAIL"
@@ -233,11 +233,9 @@ def test_a_database_outage_is_one_line_and_the_same_command_resumes(model_file: 
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            try:
+            with contextlib.suppress(Exception):  # the study may not exist yet
                 if any(t.state.name == "RUNNING" for t in _search_trials(url)):
                     break
-            except Exception:  # noqa: BLE001 - the study does not exist yet
-                pass
         server.stop()  # the database goes away mid-trial
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 2, stderr[-2000:]
@@ -246,7 +244,7 @@ def test_a_database_outage_is_one_line_and_the_same_command_resumes(model_file: 
         assert len(errors) == 1 and "re-run the same command" in errors[0], stderr[-2000:]
         server.start()
         again = subprocess.run(command, env=_environment("here"), capture_output=True,
-                               text=True, timeout=400)
+                               text=True, timeout=400, check=False)
         assert again.returncode == 0, again.stderr[-2000:]
         done = [t for t in _search_trials(url) if t.state.name in ("COMPLETE", "PRUNED")]
         assert len(done) == 2
