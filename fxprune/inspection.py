@@ -96,7 +96,7 @@ def inspect_model(model, example_inputs, leaf_modules=(), name: str | None = Non
     return InspectReport(
         model=name or type(model).__name__,
         params=count_params(model),
-        macs=int(cost.total),
+        macs=int(round(cost.total)),
         groups=groups,
         unhandled=[u.__dict__ for u in graph.unhandled],
         leaves=[leaf.to_dict() for leaf in leaves_of(graph.gm)],

@@ -62,6 +62,12 @@ class _ConvBase(ModuleRule):
             return numel(node.args[0]) * m.out_channels // m.groups * math.prod(m.kernel_size)
         return numel(node) * math.prod(m.weight.shape[1:])  # out.numel * C_in/groups * k
 
+    def expected_cost(self, cb, node, m, name, first):
+        out_key = f"{name}.out_channels"
+        cb.weight_pair(node, first, m.weight, out_key, f"{name}.in_channels", m.groups,
+                       self.macs(node, m) / cb.batch, transposed=self.transposed)
+        cb.vector(node, first, m.bias, out_key)
+
     def propagate(self, b, node, m, name):
         x = node.args[0]
         xl, shape = b.labels(x), out_shape(node)
@@ -113,6 +119,12 @@ class Linear(ModuleRule):
     def macs(self, node, m):
         return numel(node) * m.in_features
 
+    def expected_cost(self, cb, node, m, name, first):
+        out_key = f"{name}.out_features"
+        cb.weight_pair(node, first, m.weight, out_key, f"{name}.in_features", 1,
+                       self.macs(node, m) / cb.batch)
+        cb.vector(node, first, m.bias, out_key)
+
     def propagate(self, b, node, m, name):
         xl = b.labels(node.args[0])
         out_atoms = b.module_space(name, "out_features", m.out_features, producer=True)
@@ -134,6 +146,17 @@ class Linear(ModuleRule):
 class Embedding(ModuleRule):
     def producer_weight(self, m, attr):
         return ("weight", 1) if attr == "embedding_dim" else None
+
+    def expected_cost(self, cb, node, m, name, first):
+        if not first:
+            return
+        sections = cb.sections_of(node)
+        units = cb.units(f"{name}.embedding_dim")  # weight (num_embeddings, dim)
+        if units is None:
+            cb.const(0, m.weight.numel(), sections)
+        else:
+            cb.single(units, 0, m.num_embeddings, sections)
+        cb.decay_const(m.weight, sections)
 
     def propagate(self, b, node, m, name):
         shape = out_shape(node)
@@ -174,6 +197,10 @@ class _PerChannel(ModuleRule):
 
     def extra(self, b, m, name, atoms):
         pass
+
+    def expected_cost(self, cb, node, m, name, first):
+        for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
+            cb.vector(node, first, p, f"{name}.{self.attr}")
 
     def slice_(self, m, keep):
         if self.attr in keep:
@@ -234,6 +261,10 @@ class LayerNorm(ModuleRule):
         b.mark_inexact(atoms, f"LayerNorm '{name}' normalises across channels")
         return xl
 
+    def expected_cost(self, cb, node, m, name, first):
+        for p in (m.weight, m.bias):
+            cb.vector(node, first, p, f"{name}.normalized_shape")
+
     def slice_(self, m, keep):
         if "normalized_shape" in keep:
             idx = keep["normalized_shape"]
@@ -262,6 +293,9 @@ class PReLU(ModuleRule):
             atoms = b.module_space(name, "num_parameters", m.num_parameters, producer=False)
             b.tie(atoms, xl[1 if len(xl) > 1 else 0], f"{name}.num_parameters")
         return xl
+
+    def expected_cost(self, cb, node, m, name, first):
+        cb.vector(node, first, m.weight, f"{name}.num_parameters")
 
     def slice_(self, m, keep):
         if "num_parameters" in keep:

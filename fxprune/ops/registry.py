@@ -69,10 +69,11 @@ class ModuleRule:
     def expected_cost(self, cb: Any, node: fx.Node, module: nn.Module, name: str,
                       first: bool) -> None:
         """Add this call's rows to the expected-cost polynomial (``cb`` is a
-        ``fxprune.cost.expected.CostBuilder``); ``first`` is False when the module is
-        called again (parameters count once). Default: parameters that live and die
-        with the call's sections, no MACs."""
-        cb.module_params_const(node, module, first)
+        ``fxprune.cost.expected.CostBuilder``: ``weight_pair``, ``vector``,
+        ``module_const``, ``units``); ``first`` is False when the module is called again
+        (parameters count once). Default: this call's ``macs`` and the module's
+        parameters, neither depending on the gates (they die with the call's sections)."""
+        cb.module_const(node, module, first, self.macs(node, module) / cb.batch)
 
 
 MODULE_RULES: dict[Any, ModuleRule] = {}

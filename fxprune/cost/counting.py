@@ -1,5 +1,4 @@
-"""MACs and parameter counting from the traced graph with real shapes, and the cost
-model of FLOPs-aware selection.
+"""MACs and parameter counting from the traced graph with real shapes.
 
 Figures are per example (the forward pass divided by the first input's batch size).
 Counted as multiply-accumulates (the convention of published figures such as
@@ -8,6 +7,11 @@ hook in ``fxprune.ops`` (convolutions ``out.numel() * in/groups * prod(kernel)``
 transposed convolutions, linear layers and ``F.linear``/``F.conv*``, ``matmul``/``bmm``).
 Normalisation layers, activations and other elementwise ops are counted separately in
 ``other_ops`` (one op per output element) and are not part of ``macs``.
+
+A module no rule knows (a leaf: user-chosen, or automatic because it does not trace) has
+no MAC hook; ``macs_report`` estimates it by tracing the leaf alone on the inputs the
+graph gives it and counting that by the rules (if its own forward does not trace either,
+by summing over its children). ``MacsReport.estimated_macs`` is that part of ``macs``.
 """
 
 from __future__ import annotations
@@ -16,13 +20,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+import torch
 import torch.fx as fx
 from torch import nn
 
-from .analysis import ChannelGraph
-from .ops import node_macs
-from .trace import META_SHAPE, as_input_tuple, trace_model
+from ..errors import TraceError
+from ..ops import module_rule_for, node_macs
+from ..trace import (
+    META_SHAPE,
+    UntraceableRoot,
+    as_input_tuple,
+    capture_module_inputs,
+    trace_model,
+)
 
 # call_method nodes that only re-index memory: not counted in ``other_ops``
 _LAYOUT_METHODS = ("view", "reshape", "permute", "transpose", "contiguous", "flatten", "size")
@@ -34,9 +44,14 @@ class MacsReport:
     params: int
     other_ops: int
     per_module: dict[str, int] = field(default_factory=dict)  # module qualname -> MACs
+    estimated_macs: int = 0  # part of ``macs`` estimated for leaves (see module docstring)
+    estimated: list[str] = field(default_factory=list)  # those leaves' qualnames
 
     def to_dict(self) -> dict[str, Any]:
-        return {"macs": self.macs, "params": self.params, "other_ops": self.other_ops}
+        out = {"macs": self.macs, "params": self.params, "other_ops": self.other_ops}
+        if self.estimated:
+            out["estimated_macs"] = self.estimated_macs
+        return out
 
 
 def count_params(model: nn.Module) -> int:
@@ -77,9 +92,45 @@ def macs_report(model: nn.Module, example_inputs: Any) -> MacsReport:
     inputs = as_input_tuple(example_inputs)
     gm = trace_model(model, inputs, copy_model=False)
     total = graph_macs(gm)
+    leaves = leaf_macs(gm, inputs)
+    for name, macs in leaves.items():
+        total.per_module[name] = total.per_module.get(name, 0) + macs
+    estimated = sum(leaves.values())
     batch = inputs[0].shape[0] if inputs and inputs[0].dim() > 0 and inputs[0].shape[0] > 0 else 1
     per_module = {k: v // batch for k, v in total.per_module.items()}
-    return MacsReport(total.macs // batch, count_params(model), total.other_ops // batch, per_module)
+    return MacsReport((total.macs + estimated) // batch, count_params(model),
+                      total.other_ops // batch, per_module, estimated // batch, sorted(leaves))
+
+
+def leaf_macs(gm: fx.GraphModule, inputs: tuple) -> dict[str, int]:
+    """Estimated MACs (whole batch) of each called module no op rule knows: the graph is
+    run once to record each leaf's inputs, which ``estimate_module_macs`` then uses."""
+    modules = dict(gm.named_modules())
+    leaves = {n.target for n in gm.graph.nodes
+              if n.op == "call_module" and module_rule_for(modules[n.target]) is None}
+    if not leaves:
+        return {}
+    calls = capture_module_inputs(gm, inputs)
+    return {name: sum(estimate_module_macs(modules[name], args)
+                      for args in calls.get(name, []) if args)
+            for name in sorted(leaves)}
+
+
+def estimate_module_macs(module: nn.Module, args: tuple) -> int:
+    """MACs of one call (whole batch): traced alone and counted by the rules (leaves inside
+    estimated the same way), else the sum over its children on the inputs they were
+    called with (ops in its own forward then go uncounted); 0 when nothing works."""
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        return 0
+    try:
+        gm = trace_model(module, args, copy_model=False)
+    except UntraceableRoot:
+        calls = capture_module_inputs(module, args)
+        return sum(estimate_module_macs(child, a) for name, child in module.named_children()
+                   for a in calls.get(name, []) if a)
+    except TraceError:
+        return 0
+    return graph_macs(gm).macs + sum(leaf_macs(gm, args).values())
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
@@ -87,51 +138,12 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     return macs_report(model, example_inputs).macs
 
 
-class CostModel:
-    """Exact conv/linear MACs as a function of the keep mask."""
-
-    def __init__(self, graph: ChannelGraph, example_inputs):
-        self.graph = graph
-        report = macs_report(graph.gm, example_inputs)
-        self.total = report.macs
-        self.layers = []  # (macs, out_space, in_space, grouped)
-        for name, macs in report.per_module.items():
-            m = graph.gm.get_submodule(name)
-            if isinstance(m, nn.Linear):
-                o, i = f"{name}.out_features", f"{name}.in_features"
-                grouped = False
-            elif isinstance(m, nn.modules.conv._ConvNd):
-                o, i = f"{name}.out_channels", f"{name}.in_channels"
-                grouped = m.groups > 1
-            else:
-                continue
-            self.layers.append((macs, graph.spaces.get(o), graph.spaces.get(i), grouped))
-        self.fixed = self.total - sum(layer[0] for layer in self.layers)
-
-    def macs(self, keep: np.ndarray) -> float:
-        g = self.graph
-        total = float(self.fixed)
-        for macs, out_s, in_s, grouped in self.layers:
-            f = 1.0
-            if out_s is not None:
-                f *= keep[g.atom_class[out_s.atoms]].mean()
-            if in_s is not None and not grouped:
-                f *= keep[g.atom_class[in_s.atoms]].mean()
-            total += macs * f
-        return total
-
-    def class_costs(self, split: bool = False) -> np.ndarray:
-        """MACs per class: the marginal saving of removing it (a layer counts for both its
-        input and output classes), or with ``split`` each layer's MACs shared half and
-        half between its input and output, so the classes' costs add up to the total."""
-        g = self.graph
-        cost = np.zeros(g.num_classes)
-        for macs, out_s, in_s, grouped in self.layers:
-            spaces = [s for s in (out_s, None if grouped else in_s) if s is not None]
-            share = macs / len(spaces) if split and spaces else macs
-            for s in spaces:
-                np.add.at(cost, g.atom_class[s.atoms], share / len(s.atoms))
-        return cost
-
-
-__all__ = ["MacsReport", "macs_report", "graph_macs", "count_macs", "count_params", "CostModel"]
+__all__ = [
+    "MacsReport",
+    "macs_report",
+    "graph_macs",
+    "leaf_macs",
+    "estimate_module_macs",
+    "count_macs",
+    "count_params",
+]
