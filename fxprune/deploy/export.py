@@ -306,7 +306,8 @@ def candidate_axes(model, inputs, dynamic: str, name: str, say) -> dict[int, lis
                 continue
             trial = resized(inputs, {index: {dim: grown(tensor.shape[dim])}})
             try:
-                model(*trial)
+                with quiet():  # a GraphModule prints its own traceback before raising
+                    model(*trial)
             except Exception:  # noqa: BLE001 - the model fixes this size: keep it static
                 say(f"{name}: input {index} dim {dim} stays static (the model needs size {tensor.shape[dim]})")
                 continue
@@ -323,6 +324,7 @@ def _export_with(exporter: str, model, inputs, tmp: Path, spec: ExportSpec, name
     try:
         if exporter == "dynamo" or (exporter == "auto" and spec.opset > MAX_TORCHSCRIPT_OPSET):
             _export_dynamo(model, inputs, tmp, spec)
+            _refuse_specialized(tmp, spec)
             return "dynamo"
         if exporter == "torchscript":
             _export_torchscript(model, inputs, tmp, spec, strict=False)
@@ -335,12 +337,37 @@ def _export_with(exporter: str, model, inputs, tmp: Path, spec: ExportSpec, name
     except _ExporterFailed as torchscript_failure:
         try:
             _export_dynamo(model, inputs, tmp, spec)
+            _refuse_specialized(tmp, spec)
+        except _Specialized:
+            # dynamo ran but fixed a dim asked to be dynamic (an RNN's batch, say). TorchScript's
+            # warning may be harmless: take its trace, which parity then checks at other sizes.
+            _export_torchscript(model, inputs, tmp, spec, strict=False)
+            return "torchscript"
         except _ExporterFailed as dynamo_failure:
             raise ExportError(
                 f"cannot export {name} to ONNX: torchscript: {torchscript_failure}; "
                 f"dynamo: {dynamo_failure}"
             ) from None
         return "dynamo"
+
+
+class _Specialized(_ExporterFailed):
+    """dynamo exported, but with a static size where a dynamic dim was asked for."""
+
+
+def _refuse_specialized(path: Path, spec: ExportSpec) -> None:
+    import onnx
+
+    graph_inputs = {i.name: i for i in onnx.load(str(path), load_external_data=False).graph.input}
+    for index, dims in spec.axes.items():
+        value = graph_inputs.get(spec.input_names[index])
+        if value is None:
+            continue
+        shape = value.type.tensor_type.shape.dim
+        fixed = [d for d in dims if d < len(shape) and shape[d].HasField("dim_value")]
+        if fixed:
+            raise _Specialized(f"dynamo fixed dim {fixed[0]} of {spec.input_names[index]} to "
+                               f"{shape[fixed[0]].dim_value}; use --dynamic none for a fixed-size file")  # fmt: skip
 
 
 def _export_torchscript(model, inputs, tmp: Path, spec: ExportSpec, *, strict: bool):
@@ -374,10 +401,10 @@ def _export_torchscript(model, inputs, tmp: Path, spec: ExportSpec, *, strict: b
 def _export_dynamo(model, inputs, tmp: Path, spec: ExportSpec):
     dynamic_shapes = None
     if any(spec.axes.values()):
-        batch = torch.export.Dim(BATCH_AXIS_NAME)
+        # AUTO: a dim the trace must fix is fixed instead of raising; ``_refuse_specialized``
+        # then finds it in the file and the caller decides
         dynamic_shapes = tuple(
-            {d: batch if d == 0 else torch.export.Dim.AUTO for d in spec.axes[i]} or None
-            for i in range(len(inputs))
+            {d: torch.export.Dim.AUTO for d in spec.axes[i]} or None for i in range(len(inputs))
         )
     with quiet():
         try:

@@ -132,3 +132,28 @@ def test_progress_lines_are_reported(tmp_path):
                 dynamic="all", progress=lines.append)  # fmt: skip
     assert any(line.startswith("exporting Segmenter") for line in lines)
     assert any("parity" in line for line in lines)
+
+
+class RecurrentHead(nn.Module):
+    """conv + GRU with sizes read from the tensor: TorchScript warns, dynamo must not fix N."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d((4, 1)))
+        self.rnn = nn.GRU(8 * 4, 16, batch_first=True)
+
+    def forward(self, x):
+        f = self.conv(x)
+        n, c, h, t = f.shape
+        out, _ = self.rnn(f.permute(0, 3, 1, 2).reshape(n, t, c * h))
+        return out
+
+
+def test_a_recurrent_model_keeps_its_batch_and_time_dynamic(tmp_path, capfd):
+    path = tmp_path / "crnn.onnx"
+    model = torch.fx.symbolic_trace(RecurrentHead().eval())
+    report = export_onnx(model, torch.randn(1, 1, 16, 20), path, dynamic="all")
+    assert report.dynamic_axes == {"x": (0, 3)}  # height 16 is fixed by the GRU's input size
+    (got,) = run(path, x=torch.randn(2, 1, 16, 28))
+    assert got.shape == (2, 28, 16)
+    assert "Traceback" not in capfd.readouterr().err  # the probes of other sizes stay quiet
