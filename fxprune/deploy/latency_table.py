@@ -467,5 +467,17 @@ def plot_latency_vs_width(table: LatencyTable, specs: dict[str, LayerSpec], png_
     return save_figure(figure, png_path)
 
 
+def model_width_plot(model: nn.Module, example_inputs, png_path: str | os.PathLike, *, provider: str = "cpu",
+                     threads: int | None = 1, cache_dir: str | os.PathLike | None = None, top: int = 6,
+                     progress: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+    """Build (or load from the cache) ``model``'s latency table and plot its costliest
+    layers' latency vs width: the plot behind ``fxprune profile --width-plot``."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    specs = layer_specs(model, inputs)
+    table = build_latency_table(specs, model_name=type(model).__name__, provider=provider,
+                                threads=threads, cache_dir=cache_dir, progress=progress)  # fmt: skip
+    return plot_latency_vs_width(table, specs, png_path, top)
+
+
 __all__ = ["LatencyTable", "LayerSpec", "Timer", "build_latency_table", "cache_path",
-           "default_cache_dir", "discover_block", "fingerprint", "layer_onnx", "layer_specs", "plot_latency_vs_width", "widths_to_measure"]  # fmt: skip
+           "default_cache_dir", "discover_block", "fingerprint", "layer_onnx", "layer_specs", "model_width_plot", "plot_latency_vs_width", "widths_to_measure"]  # fmt: skip

@@ -235,3 +235,17 @@ def test_prune_accepts_the_latency_target_object(tmp_path, monkeypatch):
     result = fxprune.prune(TwoConvNet().eval(), example(), min_ratio=0.1, scorer="l1", target=target)
     assert result.plan.settings["target"] == "latency=0.5"
     assert result.model(*example()).shape == (2, 10) and not result.keep.all()
+
+
+def test_model_width_plot_measures_once_and_caches(tmp_path, monkeypatch):
+    from fxprune.deploy import latency_table
+
+    timer = FakeTimer()
+    monkeypatch.setattr(latency_table, "Timer", lambda providers, threads: timer)
+    path = latency_table.model_width_plot(TwoConvNet().eval(), example(), tmp_path / "w.png",
+                                          cache_dir=tmp_path / "cache", top=3)  # fmt: skip
+    assert path.stat().st_size > 1000 and timer.calls > 0
+    calls = timer.calls
+    latency_table.model_width_plot(TwoConvNet().eval(), example(), tmp_path / "w2.png",
+                                   cache_dir=tmp_path / "cache")  # fmt: skip
+    assert timer.calls == calls  # second plot: cache hit
