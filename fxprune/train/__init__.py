@@ -4,9 +4,9 @@ training, and complexity-aware training itself, one concern per module:
     loop           train_epoch / evaluate / TrainingDiverged (used by hpo and train_prune)
     options        TrainPruneOptions, check_tradeoff
     results        EpochRecord, TrainPruneHistory, TrainPruneResult
-    state          PruningState: the running model, its gates and cost, removals
+    state          PruningState: the running model, its gates and expected cost
+                   (fxprune.cost.expected), removals
     gates          where the gates multiply (GateBank, the gated module)
-    expected_cost  exact expected MACs/params under the gates (polynomials)
     gate_training  the gates' optimizer, the cost-gradient split, BN recalibration
     trainer        train_prune (the method's design notes are its docstring)
 

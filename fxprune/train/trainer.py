@@ -19,7 +19,7 @@ Gates
 Cost
     ``loss = task + gamma * [(1 - beta) C_unit + beta C_layer] + weight_decay / 2 * L2``,
     ``C = alpha E[MACs]/MACs_0 + (1 - alpha) E[params]/params_0`` with the exact expected
-    values of ``fxprune.train.expected_cost``. ``C_unit`` is ``C`` with the section probabilities held
+    values of ``fxprune.cost.expected``. ``C_unit`` is ``C`` with the section probabilities held
     constant (its gradient reaches unit gates only) and ``C_layer`` the converse, so
     ``beta`` splits the pressure between units and layers. ``beta = 0`` trains no section
     gates (no layer is ever removed), ``beta = 1`` no unit gates.
