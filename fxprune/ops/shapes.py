@@ -146,7 +146,12 @@ def rewrite_shape_args(node: fx.Node, ctx) -> None:
         return
     sizes, computed = shape_args(node)
     if computed:
+        per_dim = list(provenance(sizes[0]))
+        if len(per_dim) != len(shape):
+            return
         sizes = _element_nodes(node, sizes[0], len(shape))
+    else:
+        per_dim = [provenance(s) for s in sizes]
     if len(sizes) != len(shape):
         return
     new = list(sizes)
@@ -154,12 +159,12 @@ def rewrite_shape_args(node: fx.Node, ctx) -> None:
         if isinstance(s, int) and s == -1:
             continue
         if labels[d] is None:
-            if isinstance(s, fx.Node) and _reads_pruned(node, ctx, s):
+            if isinstance(s, fx.Node) and _reads_pruned(node, ctx, per_dim[d]):
                 new[d] = shape[d]  # a plain dim sized from channel counts: keep its value
             continue
         kept = ctx.kept_count(labels[d])
         # a computed size stays computed unless its value would change (tokens may vary)
-        if not isinstance(s, fx.Node) or kept != shape[d] or _reads_pruned(node, ctx, s):
+        if not isinstance(s, fx.Node) or kept != shape[d] or _reads_pruned(node, ctx, per_dim[d]):
             new[d] = kept
     if new == sizes and not computed:
         return
@@ -197,9 +202,9 @@ def resolve_slice(p: slice, n: int, length: int) -> slice | None:
     return slice(stop - length, stop)
 
 
-def _reads_pruned(node: fx.Node, ctx, size: fx.Node) -> bool:
+def _reads_pruned(node: fx.Node, ctx, size_provenance) -> bool:
     """Whether a size value was read from a dim that loses channels."""
-    sources = _flat(provenance(size))
+    sources = _flat(size_provenance)
     if not sources:
         return False
     by_name = {n.name: n for n in node.graph.nodes if n.name in {name for name, _ in sources}}

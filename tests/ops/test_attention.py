@@ -116,7 +116,9 @@ class BertSelfAttention(nn.Module):
         self.register_buffer("attention_mask", mask)
 
     def transpose_for_scores(self, x):
-        new_x_shape = x.size()[:-1] + (self.num_attention_heads, self.attention_head_size)
+        # head size computed from x's width: with whole heads cut it must stay the dense 8
+        head_size = x.size(-1) // self.num_attention_heads
+        new_x_shape = x.size()[:-1] + (self.num_attention_heads, head_size)
         return x.view(new_x_shape).permute(0, 2, 1, 3)
 
     def forward(self, hidden_states):
@@ -143,10 +145,11 @@ def test_bert_computed_shape_groups():
     assert not any("attention_mask" in s.key for s in g.spaces.values() if s.producer)
 
 
+@pytest.mark.parametrize("heads", ["dims", "whole"])
 @pytest.mark.parametrize("scorer,ratio,min_ratio", SETTINGS)
-def test_bert_slim_matches_oracle(scorer, ratio, min_ratio):
+def test_bert_slim_matches_oracle(heads, scorer, ratio, min_ratio):
     r = prune_and_check(Block(BertSelfAttention()), X, ratio=ratio, min_ratio=min_ratio,
-                        scorer=scorer)
+                        scorer=scorer, heads=heads)
     attn = r.model.attn
     assert attn.query.out_features == attn.key.out_features < 32
 
