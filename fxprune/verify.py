@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 
 from .analysis import META_LABELS, ChannelGraph
+from .ops import module_rule_for
 from .trace import tensor_leaves
 
 
@@ -41,11 +42,24 @@ class _MaskedInterpreter(fx.Interpreter):
         super().__init__(graph.gm)
         self.g = graph
         self.keep = keep
+        self.module_masks: dict[str, dict[str, np.ndarray]] = {}
+        for s in graph.spaces.values():
+            mask = keep[graph.atom_class[s.atoms]]
+            if s.kind == "module" and not mask.all():
+                self.module_masks.setdefault(s.owner, {})[s.attr] = mask
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         labels = n.meta.get(META_LABELS)
         return self._mask(out, labels) if labels is not None else out
+
+    def call_module(self, target, args, kwargs):
+        # a leaf with channels inside (attention heads) gives its own masked reference
+        module = self.fetch_attr(target)
+        masks = self.module_masks.get(target)
+        rule = module_rule_for(module) if masks else None
+        ref = rule.masked(module, masks) if rule is not None else None
+        return (ref if ref is not None else module)(*args, **kwargs)
 
     def _mask(self, value, labels):
         if isinstance(value, torch.Tensor) and isinstance(labels, list):

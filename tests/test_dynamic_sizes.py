@@ -32,12 +32,12 @@ class OwnSize(nn.Module):  # sizes of the tensor being reshaped are fine
         return self.b(y.reshape(n, c * h * w))
 
 
-def test_size_from_another_tensor_freezes_both_dims():
+def test_size_from_another_tensor_is_rewritten():
+    # D, read from stem's output, sizes qkv's channel dim: the slim graph gets qkv's kept
+    # count there (fxprune.ops.shapes), so both prune and the slim model equals the oracle
     r = prune_and_check(ForeignSize(), torch.randn(2, 5, 8), ratio=0.5)
-    assert r.model.stem.out_features == 16 and r.model.qkv.out_features == 16
+    assert r.model.stem.out_features < 16 and r.model.qkv.out_features < 16
     assert r.model.hidden.out_features < 12
-    reasons = [g.frozen_reason or "" for g in r.graph.groups]
-    assert any("channel count" in why or "size is read" in why for why in reasons)
 
 
 def test_own_size_still_prunes():

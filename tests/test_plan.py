@@ -40,7 +40,7 @@ def test_plan_format_uses_original_module_names(pruned):
     # the last stage's residual stream feeds the classifier
     assert d["modules"]["fc"]["in_features"] == d["modules"]["layer3.2.bn2"]["num_features"]
     assert d["settings"] == {"ratio": 0.6, "min_ratio": 0.15, "scorer": "random", "round_to": None,
-                             "target": None}
+                             "target": None, "heads": "dims", "uniform": False}
     g0 = d["groups"][0]
     assert set(g0) >= {"id", "size", "kept", "members", "frozen"}
 

@@ -54,11 +54,12 @@ class Builder:
         self.next_atom += n
         return atoms
 
-    def module_space(self, owner: str, attr: str, size: int, producer: bool) -> np.ndarray:
+    def module_space(self, owner: str, attr: str, size: int, producer: bool,
+                     weak: bool = False) -> np.ndarray:
         key = f"{owner}.{attr}" if owner else attr
         space = self.spaces.get(key)
         if space is None:
-            space = Space(key, owner, attr, "module", -1, self.fresh(size), producer)
+            space = Space(key, owner, attr, "module", -1, self.fresh(size), producer, weak)
             self.spaces[key] = space
         return space.atoms
 
@@ -66,7 +67,8 @@ class Builder:
         key = f"{qualname}#{dim}"
         space = self.spaces.get(key)
         if space is None:
-            space = Space(key, qualname, f"dim{dim}", "parameter", dim, self.fresh(size), producer)
+            space = Space(key, qualname, f"dim{dim}", "parameter", dim, self.fresh(size), producer,
+                          weak=True)
             self.spaces[key] = space
         return space.atoms
 

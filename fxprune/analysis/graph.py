@@ -57,6 +57,10 @@ class Space:
     dim: int  # tensor dim for parameters; informational for modules
     atoms: np.ndarray
     producer: bool  # creates channels (conv/linear outputs, get_attr tensors)
+    # a weak producer (embedding tables, get_attr tensors: position embeddings, layer
+    # scales) scores only classes that no conv/linear-like producer scores: an embedding
+    # row of ~N(0, 1) would otherwise dominate the mean and a residual stream never goes
+    weak: bool = False
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch.fx as fx
 
 from ..analysis import Builder, Labels
 from ..trace import META_SHAPE
+from .shapes import size_arithmetic
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -76,6 +77,9 @@ def merge_broadcast(
 
 def elementwise(b: Builder, node: fx.Node) -> Labels | None:
     shape = out_shape(node)
+    if shape is None and not b.tensor_args(node):
+        size_arithmetic(node)  # C // n_head, B * T: where the sizes came from flows on
+        return None
     if shape is None:
         return b.unhandled_op(node, "elementwise op with a non-tensor output")
     return merge_elementwise(b, node, b.tensor_args(node), shape)

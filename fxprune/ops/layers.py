@@ -160,7 +160,7 @@ class Embedding(ModuleRule):
 
     def propagate(self, b, node, m, name):
         shape = out_shape(node)
-        atoms = b.module_space(name, "embedding_dim", m.embedding_dim, producer=True)
+        atoms = b.module_space(name, "embedding_dim", m.embedding_dim, producer=True, weak=True)
         return [None] * (len(shape) - 1) + [atoms]
 
     def slice_(self, m, keep):
@@ -373,7 +373,21 @@ def _functional_bn(b, node):
     return list(xl)
 
 
-@register_function(F.layer_norm)
+def _rewrite_layer_norm_shape(node, ctx):
+    """``normalized_shape`` is a literal in the graph (LayerNorm2d traced through)."""
+    shape = arg(node, 1, "normalized_shape")
+    xl = ctx.labels(node.args[0])
+    if not isinstance(shape, (tuple, list)) or len(shape) != 1 or not xl or xl[-1] is None:
+        return
+    kept = ctx.kept_count(xl[-1])
+    if kept != shape[0]:
+        if len(node.args) > 1:
+            node.args = (node.args[0], (kept,), *node.args[2:])
+        else:
+            node.kwargs = {**node.kwargs, "normalized_shape": (kept,)}
+
+
+@register_function(F.layer_norm, rewrite=_rewrite_layer_norm_shape)
 def _functional_ln(b, node):
     xl = list(b.labels(node.args[0]))
     shape = arg(node, 1, "normalized_shape")

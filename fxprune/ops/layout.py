@@ -11,13 +11,14 @@ from torch import nn
 
 from ..analysis import META_SIZE_OF, Builder, Labels, plain_labels
 from ..trace import META_SHAPE
+from .attention import heads_mode
 from .common import arg, elementwise, merge_elementwise, norm_dim, out_shape
+from .shapes import check_shape_args, resolve_slice, rewrite_shape_args, slice_provenance
 from .registry import (
     ModuleRule,
     register_function,
     register_method,
     register_module,
-    size_sources,
 )
 
 
@@ -122,6 +123,10 @@ def reshape_labels(b: Builder, node: fx.Node, in_shape: tuple, xl: Labels, shape
             axis = varying[0]
         else:
             axis = max(varying, key=lambda ax: (joint.shape[ax], -ax))
+            if len(in_shape) >= 3 and d0 == len(in_shape) - 1 and gj[-1] == len(shape) - 1:
+                # a channels-last split of token features into heads: (B, T, H, Dh),
+                # (B, T, 3, H, Dh); the user's `heads` option says which axis stays
+                axis = varying[-1] if heads_mode(b) == "dims" else varying[-2]
             rows = np.moveaxis(joint, axis, -1).reshape(-1, joint.shape[axis])
             b.union(np.broadcast_to(rows[:1], rows.shape).ravel(), rows.ravel())
         first = np.moveaxis(joint, axis, 0).reshape(joint.shape[axis], -1)[:, 0]
@@ -136,17 +141,6 @@ def _constant_along(arr: np.ndarray, axis: int) -> bool:
     return bool((arr == first).all())
 
 
-def _shape_args(node: fx.Node) -> list:
-    """The size arguments of view/reshape/expand, unpacked."""
-    if node.op == "call_method":
-        sizes = list(node.args[1:])
-        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-            sizes = list(sizes[0])
-        return sizes
-    if node.target is torch.reshape:
-        shape = arg(node, 1, "shape")
-        return list(shape) if isinstance(shape, (tuple, list)) else []
-    return []
 
 
 def _reshape(b, node):
@@ -155,48 +149,18 @@ def _reshape(b, node):
     if xl is None or in_shape is None or shape is None:
         return b.unhandled_op(node, "reshape of a non-tensor")
     out = reshape_labels(b, node, in_shape, xl, shape)
-    guard_dynamic_sizes(b, node, _shape_args(node), out)
+    if node.target in ("view", "reshape", torch.reshape):
+        check_shape_args(b, node, out)
     return out
 
 
-def _rewrite_shape_args(node: fx.Node, ctx) -> None:
-    """Constant sizes on pruned dims of a view/reshape/expand become the kept counts."""
-    shape = out_shape(node)
-    labels = ctx.labels(node)
-    if shape is None or labels is None:
-        return
-    if node.op == "call_method":
-        sizes = list(node.args[1:])
-        packed = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
-        if packed:
-            sizes = list(sizes[0])
-    else:
-        sizes = list(arg(node, 1, "shape"))
-        packed = True
-    if len(sizes) != len(shape):
-        return
-    changed = False
-    for d, s in enumerate(sizes):
-        if labels[d] is not None and isinstance(s, int) and s != -1:
-            new = ctx.kept_count(labels[d])
-            if new != s:
-                sizes[d] = new
-                changed = True
-    if not changed:
-        return
-    if node.op == "call_method":
-        node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
-    elif len(node.args) > 1:
-        node.args = (node.args[0], tuple(sizes), *node.args[2:])
-    else:
-        node.kwargs = {**node.kwargs, "shape": tuple(sizes)}
 
 
-register_function(torch.reshape, rewrite=_rewrite_shape_args)(_reshape)
+register_function(torch.reshape, rewrite=rewrite_shape_args)(_reshape)
 register_function(torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze, torch.ravel)(
     _reshape
 )
-register_method("view", "reshape", rewrite=_rewrite_shape_args)(_reshape)
+register_method("view", "reshape", rewrite=rewrite_shape_args)(_reshape)
 register_method("flatten", "unflatten", "squeeze", "unsqueeze", "ravel", "view_as", "reshape_as")(
     _reshape
 )
@@ -208,7 +172,7 @@ class Flatten(ModuleRule):
         return _reshape(b, node)
 
 
-@register_method("expand", rewrite=_rewrite_shape_args)
+@register_method("expand", rewrite=rewrite_shape_args)
 def _expand(b, node):
     xl, shape = b.labels(node.args[0]), out_shape(node)
     if xl is None or shape is None:
@@ -217,7 +181,7 @@ def _expand(b, node):
     out = [None] * lead + [
         None if (xl[k] is None or len(xl[k]) != shape[lead + k]) else xl[k] for k in range(len(xl))
     ]
-    guard_dynamic_sizes(b, node, _shape_args(node), out)
+    check_shape_args(b, node, out)
     return out
 
 
@@ -352,8 +316,8 @@ def _getitem(b, node):
     src, index = node.args
     src_labels = b.labels(src)
     sizes = src.meta.get(META_SIZE_OF) if isinstance(src, fx.Node) else None
-    if isinstance(sizes, tuple) and isinstance(index, int):
-        node.meta[META_SIZE_OF] = sizes[index]
+    if isinstance(sizes, tuple):
+        slice_provenance(node, src, index)
     if src_labels is None:
         return None if node.meta.get(META_SHAPE) is None else b.unhandled_op(node, "getitem")
     if isinstance(src.meta.get(META_SHAPE), (tuple, list)) and not b.shape(src):
@@ -380,6 +344,9 @@ def _tensor_index(b, node, xl, index):
             out.append(None)
         elif isinstance(p, slice):
             if xl[d] is not None:
+                shape = out_shape(node)
+                if shape is not None and len(out) < len(shape):
+                    p = resolve_slice(p, len(xl[d]), shape[len(out)]) or p
                 if not all(v is None or isinstance(v, int) for v in (p.start, p.stop, p.step)) or (
                     p.step not in (None, 1)
                 ):
@@ -412,10 +379,15 @@ def _rewrite_getitem(node: fx.Node, ctx) -> None:
     parts = _index_parts(index)
     n_consumed = sum(1 for p in parts if p is not None and p is not Ellipsis)
     d, new_parts, changed = 0, [], False
+    out_dim, shape = 0, node.meta.get(META_SHAPE)
     for p in parts:
         if p is Ellipsis:
             d += len(xl) - n_consumed
+            out_dim += len(xl) - n_consumed
         elif isinstance(p, slice):
+            if xl[d] is not None and ctx.kept_count(xl[d]) < len(xl[d]) and isinstance(shape, tuple):
+                p = resolve_slice(p, len(xl[d]), shape[out_dim]) or p  # computed bounds
+            out_dim += 1
             static = all(v is None or isinstance(v, int) for v in (p.start, p.stop))
             if xl[d] is not None and static and (p.start is not None or p.stop is not None):
                 arr = xl[d]
@@ -429,7 +401,9 @@ def _rewrite_getitem(node: fx.Node, ctx) -> None:
                     p = slice(start, stop, p.step)
                     changed = True
             d += 1
-        elif p is not None:
+        elif p is None:
+            out_dim += 1
+        else:
             d += 1
         new_parts.append(p)
     if changed:
@@ -474,23 +448,6 @@ register_function(getattr)(_size_query)
 register_function(len, torch.numel)(_no_labels)
 
 
-def guard_dynamic_sizes(b, node, sizes, out) -> None:
-    """A view/reshape/expand of tensor X sized by values read from ANOTHER tensor's
-    channel dim (``B, P, D = y.size(); x.reshape(B, P, D)``) would go stale after
-    pruning: freeze that source dim and the output dim it sizes."""
-    x = node.args[0]
-    for k, s in enumerate(sizes):
-        if not isinstance(s, fx.Node):
-            continue
-        foreign = [(n, d) for n, d in size_sources(s) if n != x.name]
-        frozen = False
-        for n, d in foreign:
-            labels = b.labels(b.by_name[n])
-            if labels is not None and d < len(labels) and labels[d] is not None:
-                b.freeze(labels[d], f"its size is read at '{n}' to shape '{node.name}'")
-                frozen = True
-        if frozen and k < len(out):
-            b.freeze(out[k], f"'{node.name}' is shaped by another tensor's channel count")
 
 
 @register_module("torchvision.ops.misc.Permute")

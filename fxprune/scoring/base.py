@@ -85,6 +85,10 @@ def producer_weight(gm: fx.GraphModule, space: Space) -> tuple[torch.Tensor, int
 def class_scores(graph: ChannelGraph, space_scores: dict[str, np.ndarray]) -> np.ndarray:
     total = np.zeros(graph.num_classes, dtype=np.float64)
     count = np.zeros(graph.num_classes, dtype=np.int64)
+    strong = np.zeros(graph.num_classes, dtype=bool)  # scored by a non-weak producer
+    for key in space_scores:
+        if not graph.spaces[key].weak:
+            strong[graph.atom_class[graph.spaces[key].atoms]] = True
     for key, s in space_scores.items():
         space = graph.spaces[key]
         s = np.asarray(s, dtype=np.float64)
@@ -93,6 +97,8 @@ def class_scores(graph: ChannelGraph, space_scores: dict[str, np.ndarray]) -> np
         if not np.isfinite(s).all():
             raise ScoreError(f"non-finite channel score in {key}")
         cls = graph.atom_class[space.atoms]
+        if space.weak:  # embeddings, get_attr tensors: only where nothing else scores
+            cls, s = cls[~strong[cls]], s[~strong[cls]]
         np.add.at(total, cls, s)
         np.add.at(count, cls, 1)
     out = np.full(graph.num_classes, np.inf)

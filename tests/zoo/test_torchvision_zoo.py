@@ -114,15 +114,20 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_pruned(model: nn.Module, size: int) -> fxprune.PruneResult:
-    """Prune ``model`` at ratio 0.5 and assert the slim model's contract; returns the result."""
+# L1 at ratio 0.5, and the paper's setting (Synflow at ratio 0.85, min_ratio 0.15)
+SETTINGS = [pytest.param("l1", 0.5, id="l1-0.5"), pytest.param("synflow", 0.85, id="synflow-0.85")]
+
+
+def check_pruned(model: nn.Module, size: int, scorer: str = "l1", ratio: float = 0.5
+                 ) -> fxprune.PruneResult:
+    """Prune ``model`` and assert the slim model's contract; returns the result."""
     gen = torch.Generator().manual_seed(0)
     x1 = torch.randn(1, 3, size, size, generator=gen)
     x2 = torch.randn(2, 3, size, size, generator=gen)
     with torch.no_grad():
         dense_shapes = {1: output_shapes(model(x1)), 2: output_shapes(model(x2))}
 
-    result = fxprune.prune(model, x1, ratio=0.5, min_ratio=0.15, scorer="l1")
+    result = fxprune.prune(model, x1, ratio=ratio, min_ratio=0.15, scorer=scorer)
     slim = result.model
     assert slim is not model
     assert result.params_after < result.params_before
@@ -144,16 +149,20 @@ def check_pruned(model: nn.Module, size: int) -> fxprune.PruneResult:
     pytest.param(name, marks=[pytest.mark.slow] if name in SLOW_MODELS else [])
     for name in CLASSIFICATION_MODELS
 ])
-def test_classification_model_prunes_to_equivalent_slim_model(name: str) -> None:
-    check_pruned(build(name), image_size(name))
+@pytest.mark.parametrize("scorer,ratio", SETTINGS)
+def test_classification_model_prunes_to_equivalent_slim_model(name: str, scorer: str,
+                                                              ratio: float) -> None:
+    check_pruned(build(name), image_size(name), scorer, ratio)
 
 
 @pytest.mark.parametrize("name", [
     pytest.param(name, marks=[pytest.mark.slow] if name in SLOW_MODELS else [])
     for name in SEGMENTATION_MODELS
 ])
-def test_segmentation_model_prunes_to_equivalent_slim_model(name: str) -> None:
-    check_pruned(build_segmentation(name), DEFAULT_IMAGE_SIZE)
+@pytest.mark.parametrize("scorer,ratio", SETTINGS)
+def test_segmentation_model_prunes_to_equivalent_slim_model(name: str, scorer: str,
+                                                            ratio: float) -> None:
+    check_pruned(build_segmentation(name), DEFAULT_IMAGE_SIZE, scorer, ratio)
 
 
 @pytest.mark.parametrize("name", UNTOUCHED_CHECK)
