@@ -3,8 +3,8 @@
 For each model (``weights=None``) the dense network is pruned with ``fxprune.prune``
 (scorer synflow; CIFAR ResNet-56 / VGG16-BN / MobileNetV2 at ratio 0.85, torchvision
 resnet50 / mobilenet_v2 at ratio 0.5; min-ratio 0.15), both are exported with
-``fxprune.export.export_onnx`` (parity checked) and timed in onnxruntime with the same
-session settings as ``fxprune.profile`` (ORT_ENABLE_ALL, intra-op threads = --threads,
+``fxprune.deploy.export_onnx`` (parity checked) and timed in onnxruntime with the same
+session settings as ``fxprune.deploy.runtime`` (ORT_ENABLE_ALL, intra-op threads = --threads,
 inter-op threads 1).
 
 Timing is *interleaved*: after a warm-up, rounds alternate dense and slim (order
@@ -95,7 +95,7 @@ class ModelResult:
     macs_dense: int
     macs_slim: int
     rows: list[BatchRow] = field(default_factory=list)
-    report: dict[str, Any] | None = None  # fxprune.profile.ProfileReport.to_dict()
+    report: dict[str, Any] | None = None  # fxprune.deploy.ProfileReport.to_dict()
     slim_convs: list[tuple[str, int, int, int]] = field(default_factory=list)
     explain: dict[str, Any] = field(default_factory=dict)  # "b<batch>" -> {dense, slim}
     error: str | None = None
