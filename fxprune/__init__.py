@@ -1,9 +1,13 @@
 """fxprune: structured pruning by torch.fx graph surgery.
 
-    >>> import fxprune
-    >>> result = fxprune.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5)
-    >>> result.model      # a new, physically smaller GraphModule
-    >>> result.plan       # PrunePlan, JSON-serialisable
+    >>> import torch, fxprune
+    >>> from fxprune.models import create_model
+    >>> model = create_model("resnet20")
+    >>> result = fxprune.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5, scorer="l1")
+    >>> result.params_after < result.params_before   # result.model: a new, smaller GraphModule
+    True
+    >>> sorted(result.plan.to_dict())                 # result.plan: PrunePlan, JSON-serialisable
+    ['groups', 'modules', 'parameters', 'settings', 'summary', 'version']
 """
 
 import importlib

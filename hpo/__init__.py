@@ -5,7 +5,7 @@ then train the base network with the best set (Lee & Yim). Names are re-exported
 so ``import hpo`` costs nothing until one is used (optuna, torch, matplotlib load late).
 
     >>> from hpo import HpoConfig, compare
-    >>> report = compare(HpoConfig("fxprune:resnet20", data="digits", trials=12, epochs=6))
+    >>> report = compare(HpoConfig("fxprune:resnet20", data="digits", trials=12, epochs=6))  # doctest: +SKIP
 """
 
 from __future__ import annotations

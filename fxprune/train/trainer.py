@@ -1,10 +1,10 @@
 """Complexity-aware training: prune channels and whole residual sections while training.
 
-    >>> result = fxprune.train_prune(model, x, train_loader, val_loader,
+    >>> result = fxprune.train_prune(model, x, train_loader, val_loader,  # doctest: +SKIP
     ...                              gamma=0.5, beta=0.5, alpha=0.5, epochs=30)
-    >>> result.model       # plain, deterministic, physically smaller GraphModule
-    >>> result.plan        # PrunePlan; removed sections under settings["removed_sections"]
-    >>> result.history     # theta trajectories, MACs/params and accuracy per epoch
+    >>> result.model       # plain, deterministic, physically smaller GraphModule  # doctest: +SKIP
+    >>> result.plan        # PrunePlan; removed sections under settings["removed_sections"]  # doctest: +SKIP
+    >>> result.history     # theta trajectories, MACs/params and accuracy per epoch  # doctest: +SKIP
 
 After Guenter & Sideris, "Complexity-Aware Training of Deep Neural Networks for Optimal
 Structure Discovery" (arXiv:2411.09127); the design decisions are ours:
