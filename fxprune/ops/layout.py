@@ -13,7 +13,13 @@ from ..analysis import META_SIZE_OF, Builder, Labels, plain_labels
 from ..trace import META_SHAPE
 from .attention import heads_mode
 from .common import arg, elementwise, merge_elementwise, norm_dim, out_shape
-from .shapes import check_shape_args, resolve_slice, rewrite_shape_args, slice_provenance
+from .shapes import (
+    check_shape_args,
+    freeze_sources,
+    resolve_slice,
+    rewrite_shape_args,
+    slice_provenance,
+)
 from .registry import (
     ModuleRule,
     register_function,
@@ -355,6 +361,8 @@ def _tensor_index(b, node, xl, index):
                 else:
                     out.append(xl[d][p])
             else:
+                for bound in (p.start, p.stop):  # a channel count bounding a plain dim
+                    freeze_sources(b, bound, f"its size bounds a slice at '{node.name}'")
                 out.append(None)
             d += 1
         elif isinstance(p, int):
@@ -385,8 +393,12 @@ def _rewrite_getitem(node: fx.Node, ctx) -> None:
             d += len(xl) - n_consumed
             out_dim += len(xl) - n_consumed
         elif isinstance(p, slice):
-            if xl[d] is not None and ctx.kept_count(xl[d]) < len(xl[d]) and isinstance(shape, tuple):
-                p = resolve_slice(p, len(xl[d]), shape[out_dim]) or p  # computed bounds
+            prunable = xl[d] is not None and not ctx.graph.class_frozen[
+                ctx.graph.atom_class[xl[d]]].all()  # token-like dims keep computed bounds
+            if prunable and isinstance(shape, tuple):
+                resolved = resolve_slice(p, len(xl[d]), shape[out_dim])  # computed bounds
+                if resolved is not None and resolved != p:
+                    p, changed = resolved, True  # the computed bounds go, constants replace them
             out_dim += 1
             static = all(v is None or isinstance(v, int) for v in (p.start, p.stop))
             if xl[d] is not None and static and (p.start is not None or p.stop is not None):

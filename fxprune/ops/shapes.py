@@ -236,4 +236,5 @@ __all__ = [
     "rewrite_shape_args",
     "shape_args",
     "resolve_slice",
+    "freeze_sources",
 ]
