@@ -45,6 +45,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import TraceError
+from .shapes import run_on_meta
 
 META_SHAPE = "fxprune_shape"
 META_LEAVES = "fxprune_leaves"  # key in GraphModule.meta: list of Leaf dicts
@@ -352,8 +353,16 @@ def _shape_of(value: Any) -> Any:
     return None
 
 
-def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Any:
-    """Run ``gm`` in eval mode without gradients, annotate shapes; returns the output."""
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
+                     meta: bool = True) -> Any:
+    """Annotate shapes by running ``gm`` in eval mode without gradients, on meta tensors
+    (no compute, ``fxprune.shapes``) unless an op cannot run there or ``meta=False``, else
+    for real; returns the output (meta tensors when run on meta)."""
+    if meta:
+        done, output = run_on_meta(gm, example_inputs,
+                                   lambda n, v: n.meta.update({META_SHAPE: _shape_of(v)}))
+        if done:
+            return output
     was_training = gm.training
     gm.eval()
     recorder = _ShapeRecorder(gm)
