@@ -184,6 +184,8 @@ def run_tp(model, inputs, suite: str, name: str) -> dict[str, Any]:
         if hasattr(m, "num_heads") and hasattr(m, "qkv") and m.qkv in num_heads:
             m.num_heads = num_heads[m.qkv]
             m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+            if hasattr(m, "attn_dim"):  # timm >= 1.0 reshapes by attn_dim, not the input width
+                m.attn_dim = m.qkv.out_features // 3
     if hasattr(model, "hidden_dim") and hasattr(model, "conv_proj"):  # torchvision ViT
         model.hidden_dim = model.conv_proj.out_channels
     with torch.no_grad():

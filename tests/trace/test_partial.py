@@ -199,3 +199,14 @@ def test_nothing_prunable_warns_and_names_the_blockers():
     assert "autograd_RoundSTE_0 (RoundSTE): custom torch.autograd.Function" in message
     assert result.params_after == result.params_before
     assert verify_equivalence(result.graph, result.keep, result.model, (torch.randn(1, 3, 8, 8),)).passed
+
+
+def test_leaf_macs_are_counted_and_flagged_as_estimated():
+    model = WithUntraceableBlock().eval()
+    report = fxprune.cost.macs_report(model, torch.randn(2, 3, 8, 8))
+    pixels = 8 * 8
+    convs = pixels * (3 * 16 * 9 + 16 * 12 * 9 + 12 * 16 * 9 + 16 * 4)
+    leaf = pixels * 12 * 12  # block.conv, inside the leaf: counted by running it
+    assert (report.macs, report.estimated_macs, report.estimated) == (convs + leaf, leaf, ["block"])
+    result = fxprune.prune(model, torch.randn(2, 3, 8, 8), 0.5, 0.15, "l1")
+    assert result.macs_after >= leaf  # the kept leaf does not vanish from the slim count
