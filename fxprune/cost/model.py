@@ -3,10 +3,11 @@ FLOPs-aware selection (``flops=0.3`` targets, the ``synflow_flops`` scorer) and 
 per-group MAC shares ``inspect`` prints.
 
 It is the expected-cost polynomial (``expected.py``) with one unit per channel class and
-no sections, evaluated at a 0/1 keep mask, which makes it exact: every conv, linear and
-other op rule contributes what its ``expected_cost`` hook says (a product of kept input
-and output widths per conv group), so the same rules drive selection, gated training
-and ``count_macs``.
+no sections, evaluated at a 0/1 keep mask, which makes it exact for modules: every
+conv, linear and other module rule contributes what its ``expected_cost`` hook says (a
+product of kept input and output widths per conv group), so the same rules drive
+selection, gated training and ``count_macs``. Functional ops (``F.conv2d``, ``matmul``,
+attention) count their dense MACs as a constant, as the first release did.
 """
 
 from __future__ import annotations
