@@ -12,13 +12,13 @@ import copy
 from collections import defaultdict
 
 import numpy as np
-import torch
 import torch.fx as fx
 from torch import nn
 
 from .analysis import META_LABELS, ChannelGraph
 from .errors import PlanError
 from .ops import module_rule_for, rule_for
+from .ops.common import slice_param
 
 
 class RewriteContext:
@@ -91,15 +91,7 @@ def slim(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
 
 def _slice_attr(gm: nn.Module, target: str, dim: int, idx: np.ndarray) -> None:
     prefix, _, name = target.rpartition(".")
-    parent = gm.get_submodule(prefix) if prefix else gm
-    t = getattr(parent, name)
-    new = torch.index_select(t.data, dim, torch.as_tensor(idx, device=t.device)).clone()
-    if isinstance(t, nn.Parameter):
-        setattr(parent, name, nn.Parameter(new, requires_grad=t.requires_grad))
-    elif name in parent._buffers:
-        parent._buffers[name] = new
-    else:
-        setattr(parent, name, new)
+    slice_param(gm.get_submodule(prefix) if prefix else gm, name, dim, idx)
 
 
 __all__ = ["slim", "kept_indices", "check_keep", "RewriteContext"]

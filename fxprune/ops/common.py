@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+import torch
 import torch.fx as fx
+from torch import nn
 
 from ..analysis import Builder, Labels
 from ..trace import META_SHAPE
@@ -95,3 +98,20 @@ def spatial_passthrough(b: Builder, node: fx.Node, x: fx.Node, spatial: int) -> 
     for arr in xl[lead:]:
         b.freeze(arr, f"spatial op '{node.name}' acts on a channel dimension")
     return list(xl[:lead]) + [None] * spatial
+
+
+def slice_param(module: nn.Module, name: str, dim: int, index: np.ndarray) -> None:
+    """Keep only ``index`` along ``dim`` of the tensor attribute ``name`` of ``module``
+    (a parameter stays a parameter, a buffer a buffer); for rules' ``slice_`` and for
+    surgery's ``get_attr`` tensors. A missing attribute (``bias=None``) is left alone."""
+    t = getattr(module, name, None)
+    if not isinstance(t, torch.Tensor):
+        return
+    idx = torch.as_tensor(index, dtype=torch.long, device=t.device)
+    new = torch.index_select(t.data, dim, idx).clone()
+    if isinstance(t, nn.Parameter):
+        setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad))
+    elif name in module._buffers:
+        module._buffers[name] = new
+    else:
+        setattr(module, name, new)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analysis import Builder, Labels
-from .common import arg, numel, out_shape, shape_of
+from .common import arg, numel, out_shape, shape_of, slice_param
 from .registry import ModuleRule, register_function, register_module
 
 
@@ -28,18 +28,6 @@ def _couple_groups(b: Builder, in_atoms: np.ndarray, out_atoms: np.ndarray, grou
     head = ins[:, :1]
     b.union(np.repeat(head, ins.shape[1], axis=1).ravel(), ins.ravel())
     b.union(np.repeat(head, outs.shape[1], axis=1).ravel(), outs.ravel())
-
-
-def _slice_param(module: nn.Module, name: str, dim: int, index: np.ndarray) -> None:
-    t = getattr(module, name, None)
-    if t is None:
-        return
-    idx = torch.as_tensor(index, dtype=torch.long, device=t.device)
-    new = torch.index_select(t.data, dim, idx).clone()
-    if isinstance(t, nn.Parameter):
-        setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad))
-    else:
-        module._buffers[name] = new
 
 
 def _kept_groups(keep_in: np.ndarray, per_group: int, groups: int) -> np.ndarray:
@@ -88,16 +76,16 @@ class _ConvBase(ModuleRule):
         keep_in = keep.get("in_channels", np.arange(m.in_channels))
         in_dim, out_dim = (0, 1) if self.transposed else (1, 0)
         if m.groups == 1:
-            _slice_param(m, "weight", out_dim, keep_out)
-            _slice_param(m, "weight", in_dim, keep_in)
+            slice_param(m, "weight", out_dim, keep_out)
+            slice_param(m, "weight", in_dim, keep_in)
         else:
             kept = _kept_groups(keep_in, m.in_channels // m.groups, m.groups)
             if self.transposed:
-                _slice_param(m, "weight", 0, keep_in)
+                slice_param(m, "weight", 0, keep_in)
             else:
-                _slice_param(m, "weight", 0, keep_out)
+                slice_param(m, "weight", 0, keep_out)
             m.groups = int(len(kept))
-        _slice_param(m, "bias", 0, keep_out)
+        slice_param(m, "bias", 0, keep_out)
         m.in_channels, m.out_channels = int(len(keep_in)), int(len(keep_out))
 
 
@@ -134,11 +122,11 @@ class Linear(ModuleRule):
 
     def slice_(self, m, keep):
         if "out_features" in keep:
-            _slice_param(m, "weight", 0, keep["out_features"])
-            _slice_param(m, "bias", 0, keep["out_features"])
+            slice_param(m, "weight", 0, keep["out_features"])
+            slice_param(m, "bias", 0, keep["out_features"])
             m.out_features = int(len(keep["out_features"]))
         if "in_features" in keep:
-            _slice_param(m, "weight", 1, keep["in_features"])
+            slice_param(m, "weight", 1, keep["in_features"])
             m.in_features = int(len(keep["in_features"]))
 
 
@@ -165,7 +153,7 @@ class Embedding(ModuleRule):
 
     def slice_(self, m, keep):
         if "embedding_dim" in keep:
-            _slice_param(m, "weight", 1, keep["embedding_dim"])
+            slice_param(m, "weight", 1, keep["embedding_dim"])
             m.embedding_dim = int(len(keep["embedding_dim"]))
 
 
@@ -205,7 +193,7 @@ class _PerChannel(ModuleRule):
     def slice_(self, m, keep):
         if self.attr in keep:
             for p in _CHANNEL_PARAMS:
-                _slice_param(m, p, 0, keep[self.attr])
+                slice_param(m, p, 0, keep[self.attr])
             setattr(m, self.attr, int(len(keep[self.attr])))
 
 
@@ -243,7 +231,7 @@ class GroupNorm(_PerChannel):
             if m.num_groups > 1:
                 m.num_groups = n // (m.num_channels // m.num_groups)
             for p in ("weight", "bias"):
-                _slice_param(m, p, 0, keep[self.attr])
+                slice_param(m, p, 0, keep[self.attr])
             m.num_channels = int(n)
 
 
@@ -268,8 +256,8 @@ class LayerNorm(ModuleRule):
     def slice_(self, m, keep):
         if "normalized_shape" in keep:
             idx = keep["normalized_shape"]
-            _slice_param(m, "weight", 0, idx)
-            _slice_param(m, "bias", 0, idx)
+            slice_param(m, "weight", 0, idx)
+            slice_param(m, "bias", 0, idx)
             m.normalized_shape = (int(len(idx)),)
 
 
@@ -299,7 +287,7 @@ class PReLU(ModuleRule):
 
     def slice_(self, m, keep):
         if "num_parameters" in keep:
-            _slice_param(m, "weight", 0, keep["num_parameters"])
+            slice_param(m, "weight", 0, keep["num_parameters"])
             m.num_parameters = int(len(keep["num_parameters"]))
 
 

@@ -163,11 +163,27 @@ def _reshape(b, node):
 
 
 register_function(torch.reshape, rewrite=rewrite_shape_args)(_reshape)
-register_function(torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze, torch.ravel)(
-    _reshape
-)
+def _rewrite_unflatten(node: fx.Node, ctx) -> None:
+    """``unflatten(x, dim, sizes)``: a size on a pruned output dim becomes its kept count."""
+    x, dim, sizes = node.args[0], arg(node, 1, "dim"), arg(node, 2, "sizes")
+    labels, shape = ctx.labels(node), out_shape(node)
+    if labels is None or shape is None or not isinstance(dim, int):
+        return
+    if not isinstance(sizes, (tuple, list)) or not all(isinstance(v, int) for v in sizes):
+        return
+    start = norm_dim(dim, len(shape) - len(sizes) + 1)
+    new = [ctx.kept_count(labels[start + k]) if v != -1 and labels[start + k] is not None else v
+           for k, v in enumerate(sizes)]
+    if new != list(sizes):
+        node.args = (x, dim, tuple(new))
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dim", "sizes")}
+
+
+register_function(torch.unflatten, rewrite=_rewrite_unflatten)(_reshape)
+register_method("unflatten", rewrite=_rewrite_unflatten)(_reshape)
+register_function(torch.flatten, torch.squeeze, torch.unsqueeze, torch.ravel)(_reshape)
 register_method("view", "reshape", rewrite=rewrite_shape_args)(_reshape)
-register_method("flatten", "unflatten", "squeeze", "unsqueeze", "ravel", "view_as", "reshape_as")(
+register_method("flatten", "squeeze", "unsqueeze", "ravel", "view_as", "reshape_as")(
     _reshape
 )
 

@@ -451,3 +451,24 @@ def test_handler_registry_rejects_duplicates():
 
     with pytest.raises(KeyError, match="already registered"):
         register_function(operator.add)(lambda b, n: None)
+
+
+class Unflatten(nn.Module):
+    """A channel dim split by unflatten: its constant size must follow the pruning."""
+
+    def __init__(self, method: bool):
+        super().__init__()
+        self.method = method
+        self.a = nn.Linear(6, 12)
+        self.b = nn.Linear(4, 5)
+
+    def forward(self, x):  # (N, 6)
+        y = self.a(x)  # (N, 12)
+        y = y.unflatten(1, (3, 4)) if self.method else torch.unflatten(y, 1, (3, 4))
+        return self.b(F.relu(y))  # (N, 3, 4) -> (N, 3, 5)
+
+
+@pytest.mark.parametrize("method", [True, False])
+def test_unflatten_size_is_rewritten(method):
+    r = prune_and_check(Unflatten(method), torch.randn(2, 6), ratio=0.5, min_ratio=0.0)
+    assert r.model.a.out_features < 12 and r.model.b.in_features < 4
