@@ -172,3 +172,19 @@ def test_tiny_meta_llama_inspects(no_real_pass):
     graph = fxprune.analyze(model, llama.example_inputs())
     assert graph.gm.graph.find_nodes(op="call_module", target="lm_head")[0].meta[META_SHAPE] == (
         1, llama.SEQ_LEN, llama.VOCAB)
+
+
+def test_cli_inspects_a_meta_model_and_refuses_to_prune_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from fxprune.cli import app
+
+    spec = f"{ROOT / 'benchmarks' / 'models' / 'llama7b_meta.py'}:build_tiny"
+    runner = CliRunner()
+    r = runner.invoke(app, ["inspect", spec, "--json", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    assert "params 4,186,944" in r.output
+    r = runner.invoke(app, ["prune", spec, "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2
+    assert "meta device (no weights)" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()

@@ -29,7 +29,7 @@ from fxprune.cli.common import (
     set_threads,
     stderr_console,
 )
-from fxprune.errors import NothingToPruneError
+from fxprune.errors import ModelLoadError, NothingToPruneError
 
 
 def register(app: typer.Typer) -> None:
@@ -139,6 +139,9 @@ def prune_command(
     if out is not None:
         folder = io.OutputFolder.prepare(out, force=force, protect=protected_paths(model))
     network, inputs, specs = load(model, input_shape)
+    if any(p.is_meta for p in network.parameters()):  # analysable, but nothing to score or run
+        raise ModelLoadError(f"{model}: the model is on the meta device (no weights): 'fxprune "
+                             "inspect' analyses it; pruning needs real weights")
     leaves = resolve_leaves(network, leaf)
 
     console = Console()
