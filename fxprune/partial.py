@@ -25,6 +25,7 @@ This module sits next to ``api`` and never imports it: ``api.prune`` and
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,6 +230,7 @@ def prune_parts(model: nn.Module, example_inputs: Any, prune_part: PrunePart,
     reach the op rules (``build_channel_graph``). Raises the root's ``TraceError`` when no
     part has a prunable channel."""
     inputs = as_input_tuple(example_inputs)
+    started = time.perf_counter()
     calls = capture_module_inputs(model, inputs)
     found, skipped = find_traceable_parts(model, inputs, leaf_modules, calls)
     parts: list[PrunedPart] = []
@@ -258,6 +260,7 @@ def prune_parts(model: nn.Module, example_inputs: Any, prune_part: PrunePart,
                                 count_params(model), count_params(slim_model), before // batch,
                                 after // batch, inputs, model)
     result.plan = merge_plans(parts, dict(settings or {}), result.summary())
+    result.seconds["total"] = time.perf_counter() - started
     return result
 
 
