@@ -267,17 +267,16 @@ def symbolic_trace(
 
 def _trace_error(model: nn.Module, where: str, exc: BaseException) -> TraceError:
     owner = type(model.get_submodule(where)).__name__ if where else type(model).__name__
-    fix = (f"mark it as a leaf module (leaf_modules=[{owner}] / --leaf {owner}) or pass "
-           "concrete_args for Python-level control flow.")
     if not where:
         return UntraceableRoot(
             f"torch.fx could not trace the model's own forward ({owner}) at {_user_frame(exc)}: "
-            f"{_first_line(exc)}. Fix: pass concrete_args for Python-level control flow, or move "
-            "that code into a submodule, which then becomes a leaf (its channels are kept)."
+            f"{_first_line(exc)}. Fix: move that code into a submodule, which then becomes a "
+            "leaf (its channels are kept), or from Python pass trace_model(..., concrete_args=...)."
         )
     return TraceError(
         f"torch.fx could not trace module '{where}' ({owner}) at {_user_frame(exc)}: "
-        f"{_first_line(exc)}. Fix: {fix}"
+        f"{_first_line(exc)}. Fix: mark it as a leaf module (--leaf {where}, or "
+        f"leaf_modules=['{where}'] in Python)."
     )
 
 
