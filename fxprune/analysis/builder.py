@@ -40,6 +40,7 @@ class Builder:
         self.options: dict[str, Any] = dict(options or {})
         self.modules = dict(gm.named_modules())
         self.by_name = {n.name: n for n in gm.graph.nodes}
+        self.leaf_calls = {n.target for n in gm.graph.nodes if n.op == "call_module"}
         self.next_atom = 0
         self.edges_a: list[np.ndarray] = []
         self.edges_b: list[np.ndarray] = []
@@ -271,6 +272,11 @@ def _get_attr_labels(b: Builder, node: fx.Node) -> Labels | None:
     if not isinstance(value, torch.Tensor):
         return None
     if not value.is_floating_point():
+        return [None] * value.dim()
+    owner = node.target.rpartition(".")[0]
+    if owner in b.leaf_calls:
+        # a parameter of a module called as a leaf (EdgeNeXt reads token_projection.weight
+        # for its dtype): the module's rule slices it; a second space would slice it twice
         return [None] * value.dim()
     # buffers (masks, rotary tables) and vectors (gammas, biases) are sliced with their
     # channels but never score them (an additive -inf mask would give non-finite scores)

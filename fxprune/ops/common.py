@@ -63,6 +63,10 @@ def merge_broadcast(
         arrays, plain = [], False
         for s, lab in operands:
             k = d - (n - len(s))
+            if k >= 0 and s[k] == 1 and shape[d] != 1 and lab[k] is not None:
+                # one channel broadcast over a whole dim (FocalNet's gates[:, l:l + 1]):
+                # removing it would leave nothing to broadcast
+                b.freeze(lab[k], f"a single channel is broadcast at node '{node.name}'")
             if k < 0 or (s[k] == 1 and shape[d] != 1):
                 continue
             if lab[k] is None:
