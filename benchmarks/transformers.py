@@ -109,7 +109,7 @@ def classifier(model: nn.Module) -> nn.Module:
 def _timm_attention_forward(self, x, attn_mask=None, is_causal=False):
     """prune_timm_vit.py's replacement forward (its last reshape is ``(B, N, -1)``),
     with the arguments the installed timm's Block passes."""
-    B, N, C = x.shape
+    B, N, _ = x.shape
     qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = self.q_norm(q), self.k_norm(k)
@@ -132,9 +132,10 @@ def torch_pruning_recipe(name: str, model: nn.Module, x: torch.Tensor, global_pr
                 m.forward = types.MethodType(_timm_attention_forward, m)
                 num_heads[m.qkv] = m.num_heads
                 attention.append(m)
-        kwargs = dict(num_heads=num_heads, prune_head_dims=True, prune_num_heads=False, round_to=2)
+        kwargs = {"num_heads": num_heads, "prune_head_dims": True, "prune_num_heads": False,
+                  "round_to": 2}
     elif name == "vit_b_16":
-        kwargs = dict(round_to=model.encoder.layers[0].num_heads)
+        kwargs = {"round_to": model.encoder.layers[0].num_heads}
     pruner = tp.pruner.MagnitudePruner(
         model, example_inputs=x, importance=tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=RATIO, global_pruning=global_pruning,
@@ -168,7 +169,7 @@ def run_torch_pruning(name, model, x, global_pruning):
             out = pruned(x)
         status = "ok" if out.shape == dense_shape else f"wrong shape {tuple(out.shape)}"
         return count_params(pruned), status
-    except Exception as exc:  # report, don't stop the table
+    except Exception as exc:  # noqa: BLE001  (any failure is a table cell, not a stop)
         return None, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
 
 

@@ -29,9 +29,8 @@ import string
 
 import numpy as np
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from ..analysis import Builder, plain_labels
 from ..errors import ConfigError
@@ -132,6 +131,10 @@ def _sdpa(b, node):
 
 
 # ------------------------------------------------------------------ nn.MultiheadAttention
+def _long(index) -> torch.Tensor:
+    return torch.as_tensor(index, dtype=torch.long)
+
+
 @register_module(nn.MultiheadAttention)
 class MultiheadAttention(ModuleRule):
     """Spaces: ``embed_dim`` (query input = inner q/k/v channels = output, one channel
@@ -194,19 +197,18 @@ class MultiheadAttention(ModuleRule):
         if new_e % new_heads:
             raise AssertionError(f"MultiheadAttention: {new_e} channels over {new_heads} heads")
         new_head_dim = new_e // new_heads
-        t = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
-        rows = t(np.concatenate([idx, idx + E, idx + 2 * E]))
+        rows = _long(np.concatenate([idx, idx + E, idx + 2 * E]))
         q_scale = math.sqrt(new_head_dim / head_dim)  # keep the softmax temperature
         with torch.no_grad():
             if m._qkv_same_embed_dim:
-                w = m.in_proj_weight.data[rows][:, t(idx)].clone()
+                w = m.in_proj_weight.data[rows][:, _long(idx)].clone()
                 w[:new_e] *= q_scale
                 m.in_proj_weight = nn.Parameter(w)
             else:
                 for pname, cols in (("q_proj_weight", idx), ("k_proj_weight", keep.get("kdim")),
                                     ("v_proj_weight", keep.get("vdim"))):
-                    w = getattr(m, pname).data[t(idx)]
-                    w = w[:, t(cols)] if cols is not None else w
+                    w = getattr(m, pname).data[_long(idx)]
+                    w = w[:, _long(cols)] if cols is not None else w
                     if pname == "q_proj_weight":
                         w = w * q_scale
                     setattr(m, pname, nn.Parameter(w.clone()))
@@ -218,9 +220,9 @@ class MultiheadAttention(ModuleRule):
                 m.in_proj_bias = nn.Parameter(bias)
             for pname in ("bias_k", "bias_v"):
                 if getattr(m, pname) is not None:
-                    setattr(m, pname, nn.Parameter(getattr(m, pname).data[..., t(idx)].clone()))
+                    setattr(m, pname, nn.Parameter(getattr(m, pname).data[..., _long(idx)].clone()))
             out = m.out_proj
-            out.weight = nn.Parameter(out.weight.data[:, t(idx)].clone())
+            out.weight = nn.Parameter(out.weight.data[:, _long(idx)].clone())
             out.in_features = new_e
         m.embed_dim, m.num_heads, m.head_dim = new_e, new_heads, new_head_dim
         if m._qkv_same_embed_dim:
@@ -354,4 +356,4 @@ def _addmm(b, node):
     return merge_broadcast(b, node, operands, shape)
 
 
-__all__ = ["HEADS_MODES", "check_heads", "heads_mode", "couple_heads", "MultiheadAttention"]
+__all__ = ["HEADS_MODES", "MultiheadAttention", "check_heads", "couple_heads", "heads_mode"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import operator
 
 import torch
-import torch.fx as fx
+from torch import fx
 
 from ..analysis import META_SIZE_OF, Builder
 from ..trace import META_SHAPE
@@ -210,9 +210,9 @@ def _reads_pruned(node: fx.Node, ctx, size_provenance) -> bool:
     by_name = {n.name: n for n in node.graph.nodes if n.name in {name for name, _ in sources}}
     for name, d in sources:
         labels = ctx.labels(by_name[name]) if name in by_name else None
-        if isinstance(labels, list) and d < len(labels) and labels[d] is not None:
-            if ctx.kept_count(labels[d]) < len(labels[d]):
-                return True
+        if (isinstance(labels, list) and d < len(labels) and labels[d] is not None
+                and ctx.kept_count(labels[d]) < len(labels[d])):
+            return True
     return False
 
 
@@ -228,13 +228,13 @@ def _drop_unused(nodes: list) -> None:
 
 
 __all__ = [
-    "provenance",
-    "size_arithmetic",
-    "slice_provenance",
-    "guard_size_uses",
     "check_shape_args",
+    "freeze_sources",
+    "guard_size_uses",
+    "provenance",
+    "resolve_slice",
     "rewrite_shape_args",
     "shape_args",
-    "resolve_slice",
-    "freeze_sources",
+    "size_arithmetic",
+    "slice_provenance",
 ]

@@ -356,7 +356,7 @@ class EinsumAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x):
-        B, N, C = x.shape
+        B, N, _ = x.shape
         q = self.q(x).view(B, N, self.heads, -1)
         k = self.k(x).view(B, N, self.heads, -1)
         v = self.v(x).view(B, N, self.heads, -1)
