@@ -19,7 +19,6 @@ from torch import nn
 
 from .profiling import LatencyStat, Progress, Timing, compare, time_interleaved, verdict
 
-
 STEP_TIMING = Timing(warmup=2, min_runs=10, min_seconds=1.0, max_seconds=30.0)
 
 
