@@ -100,13 +100,18 @@ def profile_command(
     per_layer: Annotated[bool, typer.Option(
         "--per-layer", help="Also list the slowest layers (onnxruntime node profiler).")
     ] = False,
+    width_plot: Annotated[Path | None, typer.Option(
+        "--width-plot", help="PNG: measured latency vs kept width of MODEL's costliest layers "
+                             "(builds or reuses the cached latency table, 1 thread).",
+        show_default=False)] = None,
 ) -> None:
     """Profile dense MODEL against its slim version in onnxruntime.
 
     Params, MACs, latency (min/median/max and the median's 95% interval, timed
     interleaved until it is within 3%), throughput, speed-up and efficiency (speed-up
     divided by the MACs reduction) per batch size; a difference inside the noise is
-    reported as no measurable difference.
+    reported as no measurable difference. --width-plot alone only draws MODEL's
+    latency-vs-width plot.
     """
     from rich.console import Console
 
@@ -120,8 +125,10 @@ def profile_command(
     sweep_ratios = parse_ratios(sweep) if sweep else ()
     if slim is not None and ratio is not None:
         raise ConfigError("give either --slim DIR or --ratio R, not both")
-    if slim is None and ratio is None and not sweep_ratios:
-        raise ConfigError("nothing to compare: give --slim DIR, --ratio R or --sweep R1,R2,...")
+    compare = slim is not None or ratio is not None or bool(sweep_ratios)
+    if not compare and width_plot is None:
+        raise ConfigError("nothing to compare: give --slim DIR, --ratio R or --sweep R1,R2,... "
+                          "(or --width-plot PNG)")
     if plot is not None and not sweep_ratios:
         raise ConfigError("--plot needs --sweep R1,R2,...")
     check_choice("--provider", provider, "providers")
@@ -129,6 +136,7 @@ def profile_command(
         check_choice("--scorer", scorer, "scorers")
     json_path = io.check_output_file(json_out, "--json") if json_out is not None else None
     plot_path = io.check_output_file(plot or DEFAULT_SWEEP_PLOT, "--plot") if sweep_ratios else None
+    width_path = io.check_output_file(width_plot, "--width-plot") if width_plot is not None else None
 
     slim_model, slim_name, shapes = None, None, input_shape or None
     if slim is not None:
@@ -137,6 +145,10 @@ def profile_command(
         if shapes is None:  # the inputs the slim model was saved with (dtypes, ranges)
             shapes = [InputSpec.from_dict(item) for item in meta["inputs"]]
     dense, example_inputs = load_model(model, shapes)
+    console = Console()
+    if not compare:
+        write_width_plot(console, dense, example_inputs, width_path, provider)
+        return
 
     def pruned(at_ratio: float) -> Any:
         import fxprune
@@ -156,7 +168,6 @@ def profile_command(
         names=(f"dense: {model}", slim_name), min_seconds=min_seconds, max_seconds=max_seconds,
         per_layer=per_layer, sweep=sweep_models, progress=progress_line,
     )
-    console = Console()
     console.print(report)
     if json_path is not None:
         io.atomic_write_text(json_path, report.to_json())
@@ -164,6 +175,17 @@ def profile_command(
     if plot_path is not None:
         sweep_plot(report.sweep, plot_path)
         console.print(f"sweep plot written to {plot_path}", soft_wrap=True)
+    if width_path is not None:
+        write_width_plot(console, dense, example_inputs, width_path, provider)
+
+
+def write_width_plot(console: Any, dense: Any, example_inputs: tuple, png: Path, provider: str) -> None:
+    """Latency vs kept width of ``dense``'s costliest layers (cached latency table, 1 thread)."""
+    from fxprune.deploy.latency_table import model_width_plot
+
+    written = model_width_plot(dense, example_inputs, png, provider=provider, threads=1,
+                               progress=progress_line)
+    console.print(f"latency-vs-width plot written to {written}", soft_wrap=True)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -213,4 +235,5 @@ __all__ = [
     "parse_ratios",
     "profile_command",
     "register",
+    "write_width_plot",
 ]

@@ -104,3 +104,29 @@ def test_export_dynamic_all_accepts_another_height_and_width(model_file, tmp_pat
     out = session.run(None, {name: np.random.default_rng(0).standard_normal(
         (3, 3, 24, 20)).astype(np.float32)})[0]
     assert out.shape == (3, 4)
+
+
+TWO_CONV_8PX = """
+import torch
+from torch import nn
+
+def build_model():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+
+def example_inputs():
+    return torch.randn(1, 3, 8, 8)
+"""
+
+
+def test_profile_width_plot_writes_a_png_and_checks_the_path_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("FXPRUNE_CACHE", str(tmp_path / "cache"))  # the latency table's cache
+    model_file = tmp_path / "twoconv.py"
+    model_file.write_text(TWO_CONV_8PX)
+    one_line_error(run("profile", model_file, "--width-plot", tmp_path), "--width-plot")
+    assert not (tmp_path / "cache").exists()  # refused before any measuring
+    png = tmp_path / "width.png"
+    r = run("profile", model_file, "--width-plot", png, "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert "latency-vs-width plot written to" in r.output and "width.png" in r.output
+    assert list((tmp_path / "cache" / "latency").glob("*.json"))  # the table is cached
