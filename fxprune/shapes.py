@@ -243,9 +243,10 @@ def run_on_meta(
                 if op == "placeholder":
                     try:
                         value = next(args_iter)
-                    except StopIteration:
-                        value = node.args[0] if node.args else None  # default value
-                        value = _meta_args(value)
+                    except StopIteration:  # a default value, else the real pass says it
+                        if not node.args:
+                            raise TypeError(f"no example input for '{node.target}'") from None
+                        value = _meta_args(node.args[0])
                 elif op == "get_attr":
                     value = _fetch(gm, node.target)
                     if isinstance(value, nn.Module):
