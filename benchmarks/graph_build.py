@@ -3,9 +3,9 @@
 For each model (``weights=None``, eval mode, input 1x3x224x224, 2 threads), each tool works
 on its own fresh deep copy and every number is the median of ``--repeats`` runs:
 
-* graph:  fxprune ``analyze`` (fx trace, shape propagation = one forward pass, channel
-          graph; no copy), as timed inside ``fxprune.prune``; Torch-Pruning
-          ``DependencyGraph().build_dependency`` (in place, no copy).
+* graph:  fxprune ``analyze`` (fx trace, shape propagation on meta tensors = no forward
+          pass, channel graph; no copy), as timed inside ``fxprune.prune``; Torch-Pruning
+          ``DependencyGraph().build_dependency`` (in place, no copy; it runs a forward pass).
 * total:  fxprune analyze + score + slim (``sum(result.seconds.values())``; the MAC counts
           ``prune`` also reports are left out); Torch-Pruning ``MagnitudePruner`` (L1
           importance, ratio 0.5, final classifier ignored) construction + ``step()``.
