@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from hpo import _optuna, liveness
@@ -90,7 +91,7 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
              if s.study_name.startswith(prefix)]
     loaded = {name.removeprefix(prefix): optuna.load_study(study_name=name, storage=storage)
               for name in names}
-    search, finals, repeats, proxy_info, rank = [], [], [], None, None
+    search, finals, repeats, proxy_info, rank, step_time = [], [], [], None, None, None
     for repeat in range(config.repeats if kind == "compare" else 1):
         stage = repeat_prefix(config, repeat)
         arms = {}
@@ -98,9 +99,10 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
             if f"{stage}{arm}" in loaded:
                 arms[arm] = summarise_search(loaded[f"{stage}{arm}"], config, f"{stage}{arm}")
                 search.append(arms[arm])
-                info = loaded[f"{stage}{arm}"].user_attrs.get("proxy_info")
-                if info is not None:
-                    proxy_info = ProxyInfo(**info)
+                attrs = loaded[f"{stage}{arm}"].user_attrs
+                if attrs.get("proxy_info") is not None:
+                    proxy_info = ProxyInfo(**attrs["proxy_info"])
+                step_time = step_time or attrs.get("step_time")
         repeat_finals = {}
         for arm in ARMS:
             final = summarise_final(loaded, f"{stage}{arm}", search)
@@ -114,6 +116,8 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
             rank = rank or repeat_rank
         if kind == "compare" and arms:
             repeats.append(_repeat(repeat, arms, repeat_finals, repeat_rank))
+    if proxy_info is not None and step_time is not None:  # measured by ProxyHpo.compare
+        proxy_info = replace(proxy_info, step_time=step_time)
     if proxy_info is not None:  # the proxy's span includes its pruning
         search = [_with_pruning(s, proxy_info) for s in search]
         repeats = [_repeat_with_pruning(r, proxy_info) for r in repeats]
@@ -132,14 +136,10 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
 def _with_pruning(study: StudySummary, info: ProxyInfo) -> StudySummary:
     if study.role != "proxy":
         return study
-    from dataclasses import replace
-
     return replace(study, wall_seconds=study.wall_seconds + info.prune_seconds)
 
 
 def _repeat_with_pruning(repeat: RepeatSummary, info: ProxyInfo) -> RepeatSummary:
-    from dataclasses import replace
-
     wall = dict(repeat.wall_seconds)
     if "proxy" in wall:
         wall["proxy"] += info.prune_seconds

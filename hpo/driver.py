@@ -62,7 +62,7 @@ from hpo.config import (
     digest,
 )
 from hpo.liveness import recover_stale, retry_failures, work_left
-from hpo.network import NetworkFactory, load_data, network_factory
+from hpo.network import NetworkFactory, load_data, network_factory, proxy_step_time
 from hpo.registry import PRUNERS, SAMPLERS, hyperband_settings, startup_trials
 from hpo.report import BEST_FILE, HpoReport, atomic_write, atomic_write_json
 from hpo.space import HyperParams
@@ -274,7 +274,19 @@ class ProxyHpo:
             if config.kendall_k:
                 for job in self.rank_jobs(repeat):
                     self.run_job(job)
+        self.record_step_time()
         return self.report("compare")
+
+    def record_step_time(self) -> None:
+        """Time the proxy's training step against the base network's once per run (kept
+        across resume; ``hpo.network.proxy_step_time``), after this machine's training, and
+        store it with the first proxy search, where the report reads it."""
+        import optuna
+
+        name = self.config.study(f"{repeat_prefix(self.config, 0)}proxy")
+        study = optuna.load_study(study_name=name, storage=open_storage(self.config))
+        if "step_time" not in study.user_attrs:
+            study.set_user_attr("step_time", proxy_step_time(self.config, load_data(self.config)))
 
     def report(self, kind: str) -> HpoReport:
         from hpo.report import write_report

@@ -115,6 +115,9 @@ class ProxyInfo:
     min_ratio: float
     scorer: str
     prune_seconds: float
+    # fxprune.deploy.compare_step_times(base, proxy).to_dict(): the measured training-step
+    # speed-up next to the MACs reduction (set by ``hpo compare``; None before it measures)
+    step_time: dict[str, Any] | None = None
 
     @property
     def param_fraction(self) -> float:
@@ -379,6 +382,8 @@ def render_report(report: HpoReport) -> Any:
             f"({100 * proxy.param_fraction:.1f}%), {100 * proxy.flops_fraction:.1f}% of MACs, "
             "weights reinitialised for every trial"
         )
+        if proxy.step_time is not None:
+            parts.append(_step_time_text(proxy.step_time, 1 / max(proxy.flops_fraction, 1e-12)))
 
     if report.finals:
         finals = Table(title="Base network trained with the best set (test split)",
@@ -412,6 +417,17 @@ def render_report(report: HpoReport) -> Any:
                                 _ci_text(stats))
         parts.append(summary)
     return Group(*parts)
+
+
+def _step_time_text(step: dict[str, Any], macs_reduction: float) -> str:
+    """One line: the proxy's measured training-step speed-up next to its MACs reduction."""
+    dense = step.get("dense", {})
+    where = f"batch {dense.get('batch')}, {dense.get('device')}"
+    ci = step.get("speedup_ci")
+    interval = f" (95% CI {ci[0]:.2f}-{ci[1]:.2f}x)" if ci else ""
+    verdict = f", {step['verdict']}" if step.get("verdict") else ""
+    return (f"proxy training step (forward+backward, {where}): speed-up {step['speedup']:.2f}x "
+            f"over the base network{interval}{verdict}; MACs reduction {macs_reduction:.2f}x")
 
 
 def _ci_text(stats: dict[str, Any]) -> str:

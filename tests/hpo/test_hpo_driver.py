@@ -16,7 +16,9 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from rich.console import Console
 
+import hpo.network
 import hpo.train
 from fxprune.errors import ConfigError, FxPruneError
 from hpo import driver
@@ -291,7 +293,8 @@ def test_final_mode_trains_the_base_network_with_best_json(make_config, model_fi
     base.load_state_dict(state)  # the *base* network, at full width
 
 
-def test_compare_reports_time_gap_and_tau(make_config):
+def test_compare_reports_time_gap_and_tau(make_config, monkeypatch):
+    monkeypatch.setitem(hpo.network.STEP_TIMING_SECONDS, "max_seconds", 1.0)  # keep it quick
     config = make_config(trials=3, seeds=2, kendall_k=3)
     report = driver.compare(config)
     assert {s.name for s in report.studies} == {"typical", "proxy"}
@@ -304,6 +307,14 @@ def test_compare_reports_time_gap_and_tau(make_config):
     assert saved["kind"] == "compare" and saved["accuracy_gap_pp"] == pytest.approx(
         report.accuracy_gap)
     assert set(json.loads((Path(config.out) / "best.json").read_text())) == {"typical", "proxy"}
+    # the proxy's measured training-step speed-up sits next to its MACs reduction
+    step = saved["proxy"]["step_time"]
+    dense_ms, slim_ms = step["dense"]["stat"]["median_ms"], step["slim"]["stat"]["median_ms"]
+    assert step["speedup"] == pytest.approx(dense_ms / slim_ms) and step["speedup"] > 0
+    assert step["dense"]["batch"] == 64 and saved["proxy"]["flops_fraction"] < 1
+    console = Console(width=200, record=True, color_system=None)
+    console.print(report)
+    assert f"speed-up {step['speedup']:.2f}x over the base network" in console.export_text()
     for name in ("base_model_typical.pt", "base_model_proxy.pt"):
         assert (Path(config.out) / name).is_file()
     # the same configurations on both networks
