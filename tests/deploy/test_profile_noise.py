@@ -55,6 +55,10 @@ def test_timing_stops_once_the_interval_is_tight():
     assert 10 <= len(times["steady"]) < 10_000
 
 
+# Real wall-clock timing: on 2 cores shared with a second pytest worker (CI's -n 2) a burst of
+# load inside one timing slot can bias one side by 20% (seen once: 0.77x for a model against
+# itself). Run it on a quiet machine: pytest -m slow tests/deploy/test_profile_noise.py
+@pytest.mark.slow
 def test_a_model_against_itself_is_no_measurable_difference(tmp_path):
     model = conv_net(16)
     lines: list[str] = []
