@@ -71,7 +71,11 @@ class _MaskedInterpreter(fx.Interpreter):
                     continue
                 shape = [1] * value.dim()
                 shape[d] = len(m)
-                value = value * torch.as_tensor(m, dtype=value.dtype, device=value.device).view(shape)
+                # where, not a product: a pruned channel holding inf or NaN must read 0
+                # (inf * 0 is NaN), as it does in the slim model where it does not exist
+                mask = torch.as_tensor(m, dtype=torch.bool, device=value.device).view(shape)
+                value = torch.where(mask, value, torch.zeros((), dtype=value.dtype,
+                                                             device=value.device))
             return value
         if isinstance(value, (tuple, list)) and isinstance(labels, (tuple, list)):
             return type(value)(self._mask(v, lab) for v, lab in zip(value, labels))
