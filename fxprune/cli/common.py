@@ -240,6 +240,20 @@ def progress_line(message: str) -> None:
     stderr_console().print(Text(f"... {message}", style="dim"), soft_wrap=True)
 
 
+@contextlib.contextmanager
+def stage(message: str) -> Iterator[Callable[[str], None]]:
+    """A spinner while a stage runs when stderr is a terminal; when it is a file or a pipe
+    (nohup, Slurm, CI, ``| tee``) a plain progress line instead, so a log shows where a long
+    run is. Yields the function that announces the next step."""
+    console = stderr_console()
+    if console.is_terminal:
+        with console.status(message) as status:
+            yield status.update
+    else:
+        progress_line(message)
+        yield progress_line
+
+
 __all__ = [
     "REGISTRIES",
     "ForceOpt",
@@ -256,6 +270,7 @@ __all__ = [
     "error_line",
     "load",
     "progress_line",
+    "stage",
     "protected_paths",
     "resolve_leaves",
     "set_threads",

@@ -27,7 +27,7 @@ from fxprune.cli.common import (
     protected_paths,
     resolve_leaves,
     set_threads,
-    stderr_console,
+    stage,
 )
 from fxprune.errors import ModelLoadError, NothingToPruneError
 
@@ -73,7 +73,7 @@ def inspect_command(
     if json_out is not None:
         json_out = io.check_output_file(json_out, "--json")
     network, inputs, _ = load(model, input_shape)
-    with stderr_console().status("tracing and building the channel graph..."):
+    with stage("tracing and building the channel graph..."):
         report = inspect_model(network, inputs, resolve_leaves(network, leaf))
     report.max_members = width
     Console().print(report)
@@ -153,7 +153,7 @@ def prune_command(
                                  round_to=round_to, threads=threads, leaf_modules=leaves,
                                  progress=progress_line)
         result = shown.result
-    with stderr_console().status(f"tracing, scoring with {scorer} and slimming...") as status:
+    with stage(f"tracing, scoring with {scorer} and slimming...") as announce:
         if result is None:
             with warnings.catch_warnings():  # the API's warning is our exit-3 line below
                 warnings.filterwarnings("ignore", message="fxprune: nothing to prune")
@@ -164,7 +164,7 @@ def prune_command(
             raise NothingToPruneError(f"{model}: {_blockers(result).rstrip('.')}. Nothing was written.")
         checks = []
         if verify:
-            status.update("verifying slim == masked dense...")
+            announce("verifying slim == masked dense...")
             graph = getattr(result, "graph", None)  # None: parts of an untraceable root
             checks = ([verify_equivalence(graph, result.keep, result.model, inputs)]
                       if graph is not None else result.verify())
