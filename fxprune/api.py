@@ -17,7 +17,7 @@ from torch import nn
 from . import defaults, io
 from .analysis import ChannelGraph
 from .blockers import describe_blockers
-from .cost import macs_report
+from .cost import SizeChange, macs_report
 from .errors import ConfigError, PlanError
 from .ops import build_channel_graph
 from .ops.attention import check_heads
@@ -55,7 +55,7 @@ class PruneConfig:
 
 
 @dataclass
-class PruneResult:
+class PruneResult(SizeChange):
     """``model`` is the new slim GraphModule; ``graph`` is the analysis of the dense model
     (its ``gm`` shares the dense model's modules: read it, don't train it)."""
 
@@ -69,38 +69,15 @@ class PruneResult:
     macs_after: int
     seconds: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def param_reduction(self) -> float:
-        return self.params_before / max(1, self.params_after)
-
-    @property
-    def macs_reduction(self) -> float:
-        return self.macs_before / max(1, self.macs_after)
-
     def summary(self) -> dict[str, Any]:
         return {
-            "params_before": self.params_before,
-            "params_after": self.params_after,
-            "macs_before": self.macs_before,
-            "macs_after": self.macs_after,
-            "param_reduction": round(self.param_reduction, 4),
-            "macs_reduction": round(self.macs_reduction, 4),
+            **self.size_summary(),
             "channels_before": int(self.graph.num_classes),
             "channels_after": int(self.keep.sum()),
         }
 
     def __rich__(self):
-        from rich.table import Table
-
-        t = Table(title="fxprune result", show_lines=False)
-        t.add_column("")
-        t.add_column("dense", justify="right")
-        t.add_column("slim", justify="right")
-        t.add_column("reduction", justify="right")
-        t.add_row("params", f"{self.params_before:,}", f"{self.params_after:,}",
-                  f"{self.param_reduction:.2f}x")
-        t.add_row("MACs", f"{self.macs_before:,}", f"{self.macs_after:,}",
-                  f"{self.macs_reduction:.2f}x")
+        t = self.size_table("fxprune result")
         t.add_row("channels", f"{self.graph.num_classes:,}", f"{int(self.keep.sum()):,}",
                   f"{self.graph.num_classes / max(1, int(self.keep.sum())):.2f}x")
         return t

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .analysis import ChannelGraph
-from .cost import count_params, macs_report
+from .cost import SizeChange, count_params, macs_report
 from .errors import FxPruneError, PlanError, TraceError
 from .ops import build_channel_graph
 from .plan import PrunePlan
@@ -64,7 +64,7 @@ class PrunedPart:
 
 
 @dataclass
-class PartialPruneResult:
+class PartialPruneResult(SizeChange):
     """Like ``PruneResult``, for a model pruned part by part: ``model`` is a copy of the
     user's model object with the pruned parts swapped for slim GraphModules."""
 
@@ -86,22 +86,9 @@ class PartialPruneResult:
         return [_prefixed(leaf, part.qualname) for part in self.parts
                 for leaf in leaves_of(part.result.graph.gm)]
 
-    @property
-    def param_reduction(self) -> float:
-        return self.params_before / max(1, self.params_after)
-
-    @property
-    def macs_reduction(self) -> float:
-        return self.macs_before / max(1, self.macs_after)
-
     def summary(self) -> dict[str, Any]:
         return {
-            "params_before": self.params_before,
-            "params_after": self.params_after,
-            "macs_before": self.macs_before,
-            "macs_after": self.macs_after,
-            "param_reduction": round(self.param_reduction, 4),
-            "macs_reduction": round(self.macs_reduction, 4),
+            **self.size_summary(),
             "macs_estimated": self.macs_estimated,
             "channels_before": sum(p.result.graph.num_classes for p in self.parts),
             "channels_after": sum(int(p.result.keep.sum()) for p in self.parts),
@@ -137,20 +124,12 @@ class PartialPruneResult:
                                  f"whole model: max |slim - masked dense| = {diff:.3g} (tolerance {tol:.3g})")
 
     def __rich__(self):
-        from rich.table import Table
-
-        t = Table(title=f"fxprune result ({len(self.parts)} traced parts)")
-        t.add_column("")
-        t.add_column("dense", justify="right")
-        t.add_column("slim", justify="right")
-        t.add_column("reduction", justify="right")
-        t.add_row("params", f"{self.params_before:,}", f"{self.params_after:,}", f"{self.param_reduction:.2f}x")
-        star = " (est.)" if self.macs_estimated else ""
-        t.add_row("MACs" + star, f"{self.macs_before:,}", f"{self.macs_after:,}", f"{self.macs_reduction:.2f}x")
+        t = self.size_table(f"fxprune result ({len(self.parts)} traced parts)",
+                            "MACs (est.)" if self.macs_estimated else "MACs")
         for part in self.parts:
             r = part.result
             t.add_row(f"part {part.qualname}", f"{r.params_before:,}", f"{r.params_after:,}",
-                      f"{r.params_before / max(1, r.params_after):.2f}x")
+                      f"{r.param_reduction:.2f}x")
         return t
 
 

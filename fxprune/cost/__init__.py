@@ -5,6 +5,7 @@ from the op rules in ``fxprune.ops`` (``macs`` and ``expected_cost`` hooks)."""
 
 from .counting import (
     MacsReport,
+    SizeChange,
     count_macs,
     count_params,
     estimate_module_macs,
@@ -17,6 +18,7 @@ from .model import CostModel
 
 __all__ = [
     "MacsReport",
+    "SizeChange",
     "macs_report",
     "graph_macs",
     "leaf_macs",

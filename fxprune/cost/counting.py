@@ -133,12 +133,57 @@ def estimate_module_macs(module: nn.Module, args: tuple) -> int:
     return graph_macs(gm).macs + sum(leaf_macs(gm, args).values())
 
 
+class SizeChange:
+    """What every pruning result reports the same way: parameters and MACs before and
+    after, their reductions, and the two rows of the result table. A mixin for dataclasses
+    with ``params_before``, ``params_after``, ``macs_before`` and ``macs_after`` fields."""
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+
+    @property
+    def param_reduction(self) -> float:
+        return self.params_before / max(1, self.params_after)
+
+    @property
+    def macs_reduction(self) -> float:
+        return self.macs_before / max(1, self.macs_after)
+
+    def size_summary(self) -> dict[str, Any]:
+        return {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "param_reduction": round(self.param_reduction, 4),
+            "macs_reduction": round(self.macs_reduction, 4),
+        }
+
+    def size_table(self, title: str, macs_label: str = "MACs") -> Any:
+        """A rich Table (dense, slim, reduction) holding the params and MACs rows; callers
+        add their own rows below."""
+        from rich.table import Table
+
+        table = Table(title=title)
+        table.add_column("")
+        for column in ("dense", "slim", "reduction"):
+            table.add_column(column, justify="right")
+        table.add_row("params", f"{self.params_before:,}", f"{self.params_after:,}",
+                      f"{self.param_reduction:.2f}x")
+        table.add_row(macs_label, f"{self.macs_before:,}", f"{self.macs_after:,}",
+                      f"{self.macs_reduction:.2f}x")
+        return table
+
+
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """MACs of one forward pass per example (see ``macs_report``)."""
     return macs_report(model, example_inputs).macs
 
 
 __all__ = [
+    "SizeChange",
     "MacsReport",
     "macs_report",
     "graph_macs",

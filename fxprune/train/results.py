@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import fx
 
+from fxprune.cost import SizeChange
 from fxprune.plan import PrunePlan
 
 
@@ -83,7 +84,7 @@ class TrainPruneHistory:
 
 
 @dataclass
-class TrainPruneResult:
+class TrainPruneResult(SizeChange):
     model: fx.GraphModule
     plan: PrunePlan
     history: TrainPruneHistory
@@ -94,34 +95,11 @@ class TrainPruneResult:
     macs_before: int
     macs_after: int
 
-    @property
-    def macs_reduction(self) -> float:
-        return self.macs_before / max(1, self.macs_after)
-
-    @property
-    def param_reduction(self) -> float:
-        return self.params_before / max(1, self.params_after)
-
     def summary(self) -> dict[str, Any]:
         return dict(self.plan.summary)
 
     def __rich__(self):
-        from rich.table import Table
-
-        t = Table(title="fxprune train-prune result")
-        t.add_column("")
-        t.add_column("dense", justify="right")
-        t.add_column("slim", justify="right")
-        t.add_column("reduction", justify="right")
-        t.add_row(
-            "params",
-            f"{self.params_before:,}",
-            f"{self.params_after:,}",
-            f"{self.param_reduction:.2f}x",
-        )
-        t.add_row(
-            "MACs", f"{self.macs_before:,}", f"{self.macs_after:,}", f"{self.macs_reduction:.2f}x"
-        )
+        t = self.size_table("fxprune train-prune result")
         s = self.plan.summary
         t.add_row("units", f"{s['units_before']:,}", f"{s['units_after']:,}", "")
         t.add_row(
