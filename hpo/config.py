@@ -165,9 +165,12 @@ def digest(data: Any) -> str:
 
 
 def arm_seed(config: HpoConfig, repeat: int, arm: str) -> int:
-    """The sampler seed of one arm in one repeat: distinct per repeat AND per arm, so the
-    two arms do not share their random start-up points."""
-    return int(digest([config.seed, repeat, arm]), 16) % 2**31
+    """The sampler seed of one arm in one repeat: distinct per repeat, per arm AND per
+    sampler. The arms must not share their random start-up points, and neither may two
+    samplers: GP and CMA-ES count only COMPLETE trials toward their start-up phase, so
+    under Hyperband they sample at random for most of a short search, and with a shared
+    seed they drew the very same points (identical repeats in the first benchmark)."""
+    return int(digest([config.seed, repeat, arm, config.sampler]), 16) % 2**31
 
 
 __all__ = ["FINAL_SEED_OFFSET", "MODES", "RANK_SEED_OFFSET", "HpoConfig", "Job",

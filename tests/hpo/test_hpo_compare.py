@@ -38,6 +38,28 @@ def test_arms_and_repeats_get_their_own_sampler_seeds(make_config):
     assert len(seeds) == 6
 
 
+@pytest.mark.parametrize("arm", ["typical", "proxy"])
+def test_samplers_get_their_own_start_up_points(make_config, arm):
+    """GP and CMA-ES fall back to random sampling while few trials are COMPLETE: with one
+    seed for all samplers they drew identical points (identical benchmark repeats)."""
+    import optuna
+
+    from hpo.liveness import claim
+
+    drawn = {}
+    for sampler in ("tpe", "gp", "cmaes"):
+        config = make_config(sampler=sampler)
+        job = driver.ProxyHpo(config).search_job(arm, repeat=0)
+        study = optuna.create_study(direction="maximize")
+        points = []
+        for _ in range(3):  # the start-up phase: three trials, none complete yet
+            trial = claim(study, job, config)
+            points.append(config.space.suggest(trial).lr)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        drawn[sampler] = tuple(points)
+    assert len(set(drawn.values())) == 3, drawn
+
+
 def test_compare_with_repeats_reports_intervals(make_config):
     config = make_config(trials=2, epochs=1, seeds=1, kendall_k=2, repeats=2, sampler="tpe")
     report = driver.compare(config)
