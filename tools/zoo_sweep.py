@@ -1,6 +1,6 @@
 """Coverage sweep: prune every model of a zoo with fxprune and with Torch-Pruning.
 
-Each (model, tool) pair runs in its own process with a wall-clock cap, one torch thread,
+Each (model, tool) pair runs in its own process with a wall-clock and a memory cap, one torch thread,
 random weights (nothing is downloaded). fxprune's result is checked by the masked-dense
 oracle (exact where the channel classes allow it, structural otherwise: the slim model
 runs and gives outputs of the same shapes); Torch-Pruning's by running the pruned model,
@@ -12,8 +12,11 @@ is smaller, runs and (for fxprune) passes the oracle.
 
 Suites: classification, segmentation, detection, video (torchvision) and timm (the
 smallest model of each timm family, i.e. model module, chosen by parameter count on the
-meta device). Writes ``sweep.json`` and ``sweep.md`` into ``--out`` and prints one
-progress line per run.
+meta device). Writes ``sweep.json`` and ``sweep.md`` into ``--out`` after every run and
+prints one progress line per run. It resumes: a (model, tool) pair already in ``sweep.json``
+is skipped (``--rerun`` runs it again), so a long sweep can be run in chunks
+(``--timm-families 36-98``). A fxprune result whose slim model fails to run or to match
+the oracle is "broken" / "oracle failed", the outcome the sweep exists to rule out.
 
 Settings, identical for both tools: 50% of the channels of every prunable group removed
 by L1 magnitude (fxprune: ``ratio=0.5, min_ratio=0.15, scorer="l1"``; Torch-Pruning:
@@ -58,15 +61,15 @@ def torchvision_models(suite: str) -> list[str]:
     return sorted(tvm.list_models(module=module))
 
 
-def timm_smallest(cache: Path, families: int | None) -> list[str]:
-    """The smallest model (parameter count on the meta device) of each timm module."""
+def timm_smallest(cache: Path, families: slice = slice(None)) -> list[str]:
+    """The smallest model (parameter count on the meta device) of each timm module
+    (``families``: which of the sorted modules)."""
     import timm
     import torch
 
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     modules = sorted(m for m in timm.list_modules() if timm.list_models(module=m))
-    if families:
-        modules = modules[:families]
+    modules = modules[families]
     for module in modules:
         if module in known:
             continue
@@ -130,6 +133,8 @@ def run_fxprune(model, inputs) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = fxprune.prune(model, inputs, ratio=RATIO, min_ratio=0.15, scorer="l1")
+    # from here on a failure means prune returned something broken, the worst outcome
+    STAGE[0] = "verify"
     parts = getattr(result, "parts", None)
     if parts is not None:  # an untraceable root: each traced part is checked on its own
         reports = result.verify()
@@ -137,15 +142,18 @@ def run_fxprune(model, inputs) -> dict[str, Any]:
         reports = [verify_equivalence(result.graph, result.keep, result.model, inputs)]
     import torch
 
+    STAGE[0] = "run"
     with torch.no_grad():
         result.model(*inputs)  # the whole slim model runs
     leaves = [str(leaf) for leaf in getattr(result, "leaves", [])]
+    exact = all(r.exact for r in reports)
     out = {
         "params_before": result.params_before,
         "params_after": result.params_after,
         "macs_before": getattr(result, "macs_before", None),
         "macs_after": getattr(result, "macs_after", None),
-        "exact": all(r.exact for r in reports),
+        "exact": exact,
+        "oracle_kind": "exact" if exact else "structural",
         "oracle": "; ".join(r.detail for r in reports[:3]),
         "leaves": leaves,
         "parts": None if parts is None else [p.qualname for p in parts],
@@ -176,6 +184,7 @@ def run_tp(model, inputs, suite: str, name: str) -> dict[str, Any]:
     channel_groups = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     before = count_params(model)
     example = inputs[0] if len(inputs) == 1 else list(inputs)
+    macs_before = _tp_macs(tp, model, example)
     pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
                                   pruning_ratio=RATIO, ignored_layers=ignored, num_heads=num_heads,
                                   channel_groups=channel_groups, global_pruning=False)
@@ -192,7 +201,17 @@ def run_tp(model, inputs, suite: str, name: str) -> dict[str, Any]:
         model(*inputs)
     after = count_params(model)
     return {"params_before": before, "params_after": after,
+            "macs_before": macs_before, "macs_after": _tp_macs(tp, model, example),
             "status": "ok" if after < before else "nothing pruned"}
+
+
+def _tp_macs(tp, model, example) -> int | None:
+    """Torch-Pruning's own MAC count (None where its counter fails on the model)."""
+    try:
+        macs, _ = tp.utils.count_ops_and_params(model, example)
+        return int(macs)
+    except Exception:
+        return None
 
 
 def _tp_ignored_layers(model, suite: str, name: str) -> list:
@@ -226,7 +245,14 @@ def _tp_ignored_layers(model, suite: str, name: str) -> list:
     return ignored
 
 
+# the worker's current stage: "build", "prune" (the tool itself), then for fxprune "verify"
+# and "run" (checking what prune returned: an error there is a broken slim model)
+STAGE = ["build"]
+
+
 def worker(tool: str, suite: str, name: str, det_size: int, out_file: str) -> None:
+    import resource
+
     import torch
 
     torch.set_num_threads(1)
@@ -235,40 +261,69 @@ def worker(tool: str, suite: str, name: str, det_size: int, out_file: str) -> No
     try:
         model, inputs = build(suite, name, det_size)
         info: dict[str, Any] = {"input": list(inputs[0].shape)}
+        STAGE[0] = "prune"
         if tool == "fxprune":
             info.update(run_fxprune(model, inputs))
         else:
             info.update(run_tp(model, inputs, suite, name))
     except Exception as exc:  # every failure is a result of the sweep, not a crash
         text = str(exc).strip().splitlines()
-        info = {"status": "error", "error": f"{type(exc).__name__}: {text[0][:300] if text else ''}"}
+        broken = tool == "fxprune" and STAGE[0] in ("verify", "run")
+        info = {"status": "broken" if broken else "error", "stage": STAGE[0],
+                "error": f"{type(exc).__name__}: {text[0][:300] if text else ''}"}
     info["seconds"] = round(time.perf_counter() - started, 2)
+    info["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     Path(out_file).write_text(json.dumps(info))
 
 
 # -- driver -----------------------------------------------------------------------------
 
 
-def run_one(tool: str, suite: str, name: str, det_size: int, timeout: float) -> dict[str, Any]:
+def _rss_gb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_one(tool: str, suite: str, name: str, det_size: int, timeout: float,
+            mem_gb: float) -> dict[str, Any]:
+    """One (tool, model) run in its own process, killed past ``timeout`` seconds or
+    ``mem_gb`` GB of resident memory (the machine is shared)."""
     with tempfile.TemporaryDirectory() as tmp:
         out_file = os.path.join(tmp, "result.json")
+        err_file = os.path.join(tmp, "stderr.txt")
         cmd = [sys.executable, __file__, "--worker", tool, suite, name, str(det_size), out_file]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=env, start_new_session=True)
-        try:
-            _, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return {"status": "timeout", "seconds": round(time.perf_counter() - started, 1),
-                    "error": f"over {timeout:.0f} s"}
+        load = os.getloadavg()[0]
+        killed = None
+        with open(err_file, "w") as stderr:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+                                    start_new_session=True)
+            while proc.poll() is None:
+                elapsed = time.perf_counter() - started
+                if elapsed > timeout:
+                    killed = {"status": "timeout", "error": f"over {timeout:.0f} s"}
+                elif _rss_gb(proc.pid) > mem_gb:
+                    killed = {"status": "memory cap", "error": f"over {mem_gb:g} GB resident"}
+                if killed:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    break
+                time.sleep(0.5)
+        seconds = round(time.perf_counter() - started, 1)
+        if killed:
+            return {**killed, "seconds": seconds, "load": load}
         if not os.path.exists(out_file):
-            last = (stderr or "").strip().splitlines()
+            last = Path(err_file).read_text(errors="replace").strip().splitlines()
             return {"status": "crashed", "error": f"exit {proc.returncode}: {last[-1][:300] if last else ''}",
-                    "seconds": round(time.perf_counter() - started, 1)}
-        return json.loads(Path(out_file).read_text())
+                    "seconds": seconds, "load": load}
+        return {**json.loads(Path(out_file).read_text()), "load": load}
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -288,20 +343,36 @@ def describe(result: dict[str, Any]) -> str:
     return f"{status}: {result.get('error') or result.get('oracle') or ''}".rstrip(": ")
 
 
-def markdown(rows: list[dict[str, Any]], tools: list[str], command: str) -> str:
-    lines = [f"# Zoo sweep\n\n`{command}`\n", "## Totals\n",
-             "| suite | models | " + " | ".join(f"{t} ok" for t in tools) + " |",
-             "|---|---|" + "---|" * len(tools)]
+def markdown(rows: list[dict[str, Any]], tools: list[str], commands: list[str], settings: str) -> str:
+    lines = ["# Zoo sweep\n", settings + "\n", "Commands (the sweep resumes: each adds the models it has not run yet):\n",
+             "```text", *commands, "```\n", "## Totals\n",
+             "| suite | models | " + " | ".join(f"{t} ok" for t in tools) + " | fxprune broken |",
+             "|---|---|" + "---|" * (len(tools) + 1)]
     for suite in dict.fromkeys(r["suite"] for r in rows):
         in_suite = [r for r in rows if r["suite"] == suite]
         oks = [sum(1 for r in in_suite if r.get(t, {}).get("status") == "ok") for t in tools]
-        lines.append(f"| {suite} | {len(in_suite)} | " + " | ".join(str(k) for k in oks) + " |")
+        broken = sum(1 for r in in_suite if r.get("fxprune", {}).get("status") in ("broken", "oracle failed"))
+        lines.append(f"| {suite} | {len(in_suite)} | " + " | ".join(str(k) for k in oks) + f" | {broken} |")
     lines += ["", "## Models\n", "| suite | model | " + " | ".join(tools) + " |",
               "|---|---|" + "---|" * len(tools)]
     for r in rows:
-        cells = [describe(r.get(t, {"status": "not run"})).replace("|", "/") for t in tools]
+        cells = []
+        for t in tools:
+            result = r.get(t, {"status": "not run"})
+            cell = describe(result)
+            if "seconds" in result:
+                cell += f" ({result['seconds']:.0f} s)"
+            cells.append(cell.replace("|", "/"))
         lines.append(f"| {r['suite']} | {r['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _families(spec: str | None) -> slice:
+    """``--timm-families``: "N" (the first N) or "A-B" (families A to B, 1-based)."""
+    if not spec:
+        return slice(None)
+    first, _, last = spec.partition("-")
+    return slice(int(first) - 1, int(last)) if last else slice(0, int(first))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,10 +386,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tools", default="fxprune,tp", help="comma-separated: fxprune,tp")
     parser.add_argument("--models", default="*", help="fnmatch filter on model names")
     parser.add_argument("--names", default=None, help="comma-separated model names instead of the suite's list")
-    parser.add_argument("--timm-families", type=int, default=None, help="first N timm families only")
+    parser.add_argument("--timm-families", default=None,
+                        help="N (the first N timm families) or A-B (families A to B, 1-based)")
     parser.add_argument("--limit", type=int, default=None, help="at most N models per suite")
     parser.add_argument("--det-size", type=int, default=128, help="detection input size (default 128)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run (default 300)")
+    parser.add_argument("--mem-gb", type=float, default=8.0,
+                        help="kill a run past this resident memory (default 8 GB)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run again the (model, tool) pairs already in sweep.json (after a fix)")
     parser.add_argument("--out", type=Path, default=Path("sweep"), help="folder for sweep.json/sweep.md")
     args = parser.parse_args(argv)
     tools = [t for t in args.tools.split(",") if t]
@@ -331,32 +407,45 @@ def main(argv: list[str] | None = None) -> int:
         if args.names:
             names = args.names.split(",")
         elif suite == "timm":
-            names = timm_smallest(args.out / "timm_smallest.json", args.timm_families)
+            names = timm_smallest(args.out / "timm_smallest.json", _families(args.timm_families))
         else:
             names = torchvision_models(suite)
         names = [n for n in names if fnmatch.fnmatch(n, args.models) and n not in SKIP]
         plan += [(suite, n) for n in names[: args.limit]]
-    rows: list[dict[str, Any]] = []
+    # resume: earlier results stay, in their order; a pair already run is skipped
+    previous = json.loads((args.out / "sweep.json").read_text()) if (args.out / "sweep.json").is_file() else {}
+    rows: list[dict[str, Any]] = previous.get("results", [])
+    commands: list[str] = previous.get("commands", [])
+    commands.append(f"{command}  # cap {args.timeout:.0f} s, {args.mem_gb:g} GB")
+    by_key = {(r["suite"], r["model"]): r for r in rows}
     for index, (suite, name) in enumerate(plan, 1):
-        row: dict[str, Any] = {"suite": suite, "model": name}
+        row = by_key.get((suite, name))
+        if row is None:
+            row = by_key[suite, name] = {"suite": suite, "model": name}
+            rows.append(row)
         for tool in tools:
-            row[tool] = run_one(tool, suite, name, args.det_size, args.timeout)
+            if tool in row and not args.rerun:
+                continue
+            row[tool] = {"tool": tool, **run_one(tool, suite, name, args.det_size, args.timeout, args.mem_gb),
+                         "cap_s": args.timeout}
             print(f"[{index}/{len(plan)}] {suite}:{name} {tool}: {describe(row[tool])} "
-                  f"({row[tool].get('seconds', '?')} s)", flush=True)
-        rows.append(row)
-        _write(args.out, rows, tools, command)
-    totals = {suite: {t: sum(1 for r in rows if r["suite"] == suite and r[t].get("status") == "ok")
-                      for t in tools} | {"models": sum(1 for r in rows if r["suite"] == suite)}
+                  f"({row[tool].get('seconds', '?')} s, load {row[tool]['load']:.1f})", flush=True)
+            _write(args.out, rows, commands)
+    _write(args.out, rows, commands)
+    totals = {suite: {t: sum(1 for r in rows if r["suite"] == suite and r.get(t, {}).get("status") == "ok")
+                      for t in TOOLS} | {"models": sum(1 for r in rows if r["suite"] == suite)}
               for suite in dict.fromkeys(r["suite"] for r in rows)}
     print(json.dumps(totals))
     return 0
 
 
-def _write(out: Path, rows: list[dict[str, Any]], tools: list[str], command: str) -> None:
+def _write(out: Path, rows: list[dict[str, Any]], commands: list[str]) -> None:
     from fxprune.io import atomic_write_json, atomic_write_text
 
-    atomic_write_json(out / "sweep.json", {"command": command, "ratio": RATIO, "results": rows})
-    atomic_write_text(out / "sweep.md", markdown(rows, tools, command))
+    settings = (f"Ratio {RATIO} by L1 for both tools (fxprune min_ratio 0.15), random weights, one torch "
+                "thread, each (model, tool) in its own process with the cap given with each command.")
+    atomic_write_json(out / "sweep.json", {"commands": commands, "ratio": RATIO, "results": rows})
+    atomic_write_text(out / "sweep.md", markdown(rows, list(TOOLS), commands, settings))
 
 
 if __name__ == "__main__":
