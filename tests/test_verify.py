@@ -1,10 +1,14 @@
 """The masked-dense oracle itself."""
 
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.verify import verify_equivalence
+import fxprune.verify
+from fxprune.surgery import slim
+from fxprune.verify import masked_forward, verify_equivalence
 
 
 def test_a_pruned_channel_holding_inf_reads_zero_not_nan():
@@ -22,3 +26,91 @@ def test_a_pruned_channel_holding_inf_reads_zero_not_nan():
     assert torch.isfinite(result.model(x)).all()
     report = verify_equivalence(result.graph, result.keep, result.model, (x,))
     assert report.passed and report.exact, report.detail
+    assert report.numeric_fraction == 1.0 and report.pruned_classes == 4
+
+
+class PreNormMLP(nn.Module):
+    """A LayerNorm'd residual stream (inexact) around an MLP hidden layer (exact)."""
+
+    def __init__(self, width=16, hidden=32):
+        super().__init__()
+        self.emb = nn.Linear(8, width)
+        self.norm = nn.LayerNorm(width)
+        self.fc, self.proj = nn.Linear(width, hidden), nn.Linear(hidden, width)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):  # (B, T, 8)
+        x = self.emb(x)
+        x = x + self.proj(F.gelu(self.fc(self.norm(x))))
+        return self.head(x)
+
+
+X = torch.randn(2, 5, 8)
+
+
+def pruned_prenorm(scorer="l1", ratio=0.5):
+    torch.manual_seed(0)
+    result = fxprune.prune(PreNormMLP().eval(), X, ratio=ratio, min_ratio=0.15, scorer=scorer)
+    graph, keep = result.graph, result.keep
+    residual = next(g for g in graph.groups if "emb.out_features" in g.members)
+    hidden = next(g for g in graph.groups if "fc.out_features" in g.members)
+    assert residual.inexact_reason is not None and hidden.inexact_reason is None
+    # both kinds are pruned, so the check is per class
+    assert not keep[residual.classes].all() and not keep[hidden.classes].all()
+    return result, residual, hidden
+
+
+@pytest.mark.parametrize("scorer,ratio", [("synflow", 0.85), ("l1", 0.5)])
+def test_exact_classes_are_checked_numerically_next_to_inexact_ones(scorer, ratio):
+    result, residual, hidden = pruned_prenorm(scorer, ratio)
+    keep = result.keep
+    report = verify_equivalence(result.graph, keep, result.model, (X,))
+    assert report.passed and not report.exact, report.detail
+    n_res = int((~keep[residual.classes]).sum())
+    n_hidden = int((~keep[hidden.classes]).sum())
+    assert report.pruned_classes == n_res + n_hidden
+    assert report.numeric_fraction == pytest.approx(n_hidden / (n_res + n_hidden))
+    assert 0 < report.numeric_fraction < 1
+    assert report.max_abs_diff < 1e-5 and report.output_scale > 0.01
+    assert f"{n_hidden} of {n_res + n_hidden} pruned channel classes" in report.detail
+
+
+def test_the_numerical_part_catches_a_wrong_exact_class(monkeypatch):
+    # a surgery bug in an exact class (a wrong MLP weight) must fail the check even though
+    # the residual stream is inexact; before, the whole model fell back to shapes only
+    result, _, _ = pruned_prenorm()
+
+    def broken_slim(graph, keep):
+        model = slim(graph, keep)
+        with torch.no_grad():
+            model.proj.weight[:, 0] += 1.0
+        return model
+
+    monkeypatch.setattr(fxprune.verify, "slim", broken_slim)
+    report = verify_equivalence(result.graph, result.keep, result.model, (X,))
+    assert not report.passed and report.max_abs_diff > 0.01, report.detail
+
+
+def test_only_inexact_classes_pruned_checks_shapes():
+    result, residual, hidden = pruned_prenorm()
+    keep = result.keep.copy()
+    keep[hidden.classes] = True  # only the residual stream loses channels
+    model = slim(result.graph, keep)
+    report = verify_equivalence(result.graph, keep, model, (X,))
+    assert report.passed and report.numeric_fraction == 0.0
+    assert "none checked numerically" in report.detail
+
+
+def test_wrong_output_shape_fails():
+    result, _, _ = pruned_prenorm()
+    wrong = nn.Sequential(nn.Linear(8, 2))
+    report = verify_equivalence(result.graph, result.keep, wrong, (X,))
+    assert not report.passed and "output shapes differ" in report.detail
+
+
+def test_masked_forward_zeroes_pruned_hidden_channels():
+    result, _, hidden = pruned_prenorm()
+    ref = masked_forward(result.graph, result.keep, (X,))
+    with torch.no_grad():
+        dense = result.graph.gm(X)
+    assert ref.shape == dense.shape and not torch.allclose(ref, dense)
