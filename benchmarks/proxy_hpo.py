@@ -44,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ratio", type=float, default=0.85)
     parser.add_argument("--min-ratio", type=float, default=0.15)
     parser.add_argument("--scorer", default="synflow")
+    parser.add_argument("--proxy-init", default="fan-in", choices=["fan-in", "model"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=12)
     parser.add_argument("--train-size", type=int, default=1600)
@@ -87,6 +88,14 @@ def print_sampler(sampler: str, report, elapsed: float) -> dict:
             "repeats": [r.to_dict() for r in report.repeats], "goal_met": met}
 
 
+def load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load average (Linux), to quote next to the times."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
 def main() -> None:
     args = parse_args()
     import torch
@@ -101,7 +110,7 @@ def main() -> None:
           f"train/val/test capped at {args.train_size}/{args.eval_size}/{args.eval_size}; "
           f"{args.trials} trials x {args.epochs} epochs per search, {args.repeats} repeats, "
           f"{args.seeds} final seeds, K={args.kendall_k}; proxy = {args.scorer} ratio "
-          f"{args.ratio}, min-ratio {args.min_ratio}")
+          f"{args.ratio}, min-ratio {args.min_ratio}, init {args.proxy_init}")
     results = []
     for sampler in args.samplers.split(","):
         config = HpoConfig(
@@ -111,10 +120,15 @@ def main() -> None:
             ratio=args.ratio, min_ratio=args.min_ratio, scorer=args.scorer,
             kendall_k=args.kendall_k, threads=args.threads, image_size=args.image_size,
             train_size=args.train_size, eval_size=args.eval_size, repeats=args.repeats,
+            proxy_init=args.proxy_init,
         )
+        load_before = load_average()
         start = time.perf_counter()
         report = compare(config)
-        results.append(print_sampler(sampler, report, time.perf_counter() - start))
+        result = print_sampler(sampler, report, time.perf_counter() - start)
+        result["load_average"] = {"before": load_before, "after": load_average()}
+        print(f"load average (1, 5, 15 min) before {load_before}, after {load_average()}")
+        results.append(result)
         (parent / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {parent / 'benchmark.json'}")
 

@@ -70,6 +70,9 @@ EvalSizeOpt = Annotated[int | None, typer.Option(
     help="Cap the validation and test splits at this many examples (seeded, stratified).")]
 HeartbeatOpt = Annotated[float, typer.Option(
     help="Seconds between liveness stamps; a trial silent for 3x this is reclaimed.")]
+ProxyInitOpt = Annotated[str, typer.Option(
+    help="Proxy weights: fan-in (the model's init rescaled to each slim layer's fan-in) or "
+         "model (the model's init at the base widths).")]
 SpaceOpt = Annotated[Path | None, typer.Option(
     help="TOML file overriding the search space: ranges \\[low, high] or fixed values.")]
 RatioOpt = Annotated[float, typer.Option(help="Fraction of channels pruned for the proxy.")]
@@ -234,6 +237,7 @@ def run(
     train_size: TrainSizeOpt = None,
     eval_size: EvalSizeOpt = None,
     heartbeat: HeartbeatOpt = 10.0,
+    proxy_init: ProxyInitOpt = "fan-in",
     quiet: QuietOpt = False,
 ) -> None:
     """Search hyperparameters, then train the base network with the best set.
@@ -253,7 +257,8 @@ def run(
                          workers=workers, seeds=seeds, data_dir=data_dir, space=space,
                          ratio=ratio, min_ratio=min_ratio, scorer=scorer, seed=seed,
                          image_size=image_size, threads=threads, study_name=study_name,
-                         train_size=train_size, eval_size=eval_size, heartbeat=heartbeat)
+                         train_size=train_size, eval_size=eval_size, heartbeat=heartbeat,
+                         proxy_init=proxy_init)
         with _progress(enabled=not quiet) as progress:
             report = driver.run(config, progress)
     _finish(report, config.out, started)
@@ -289,6 +294,7 @@ def compare(
     train_size: TrainSizeOpt = None,
     eval_size: EvalSizeOpt = None,
     heartbeat: HeartbeatOpt = 10.0,
+    proxy_init: ProxyInitOpt = "fan-in",
     quiet: QuietOpt = False,
 ) -> None:
     """Typical vs proxy HPO: time saved, accuracy gap, Kendall's tau.
@@ -308,7 +314,8 @@ def compare(
                          space=space, ratio=ratio, min_ratio=min_ratio, scorer=scorer,
                          seed=seed, image_size=image_size, kendall_k=kendall_k,
                          threads=threads, repeats=repeats, study_name=study_name,
-                         train_size=train_size, eval_size=eval_size, heartbeat=heartbeat)
+                         train_size=train_size, eval_size=eval_size, heartbeat=heartbeat,
+                         proxy_init=proxy_init)
         with _progress(enabled=not quiet) as progress:
             report = driver.compare(config, progress)
     _finish(report, config.out, started)

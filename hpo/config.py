@@ -18,6 +18,9 @@ from hpo.registry import PRUNERS, SAMPLERS
 from hpo.space import SearchSpace
 
 MODES = ("typical", "proxy", "final")
+# How the proxy's weights are initialised (hpo.network): the model's own init rescaled to
+# each slim layer's fan-in, or the model's own init as drawn for the base widths.
+PROXY_INITS = ("fan-in", "model")
 # Seeds of final runs and of the shared rank configurations live far from the search
 # trials' seeds (seed + 1 + trial number), so no "independent" final run replays a trial.
 FINAL_SEED_OFFSET = 1_000_000
@@ -54,6 +57,7 @@ class HpoConfig:
     train_size: int | None = None  # cap on the train split (seeded, stratified subset)
     eval_size: int | None = None  # cap on the validation and test splits
     heartbeat: float = 10.0  # seconds between liveness stamps of a running trial
+    proxy_init: str = "fan-in"  # see PROXY_INITS
 
     def __post_init__(self) -> None:
         if isinstance(self.space, dict):
@@ -79,6 +83,8 @@ class HpoConfig:
             (self.study_name is None or bool(STUDY_NAME_PATTERN.fullmatch(self.study_name)),
              f"--study-name {self.study_name!r}: use letters, digits, '_', '-', '.' (<= 64)"),
             (self.heartbeat > 0, f"--heartbeat must be > 0 seconds, got {self.heartbeat}"),
+            (self.proxy_init in PROXY_INITS,
+             f"--proxy-init {self.proxy_init!r}: choose one of {', '.join(PROXY_INITS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -105,7 +111,8 @@ class HpoConfig:
         data["data_digest"] = data_digest
         data["space"] = self.space.to_dict()
         if role == "proxy":
-            data.update(ratio=self.ratio, min_ratio=self.min_ratio, scorer=self.scorer)
+            data.update(ratio=self.ratio, min_ratio=self.min_ratio, scorer=self.scorer,
+                        proxy_init=self.proxy_init)
         return data
 
     def study(self, name: str) -> str:
@@ -173,5 +180,5 @@ def arm_seed(config: HpoConfig, repeat: int, arm: str) -> int:
     return int(digest([config.seed, repeat, arm, config.sampler]), 16) % 2**31
 
 
-__all__ = ["FINAL_SEED_OFFSET", "MODES", "RANK_SEED_OFFSET", "HpoConfig", "Job",
+__all__ = ["FINAL_SEED_OFFSET", "MODES", "PROXY_INITS", "RANK_SEED_OFFSET", "HpoConfig", "Job",
            "ProgressCallback", "Snapshot", "arm_seed", "digest"]

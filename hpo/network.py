@@ -9,6 +9,17 @@ machine prunes the same channels); a proxy trial then rebuilds the base with the
 seed and applies that same plan (``fxprune.apply_plan``): the slim network starts from
 the model's own init, drawn anew. Rule for user models: put the initialisation in the
 constructor (or in ``build_model()``); it must draw from torch's global RNG.
+
+Re-deriving the init for the narrower widths (``proxy_init="fan-in"``, the default)
+    The base network's init is scaled for the base widths: a slim conv that keeps 3 of 16
+    input channels gets weights drawn for a fan-in of 144 where it has 27, so each layer's
+    pre-activation variance (and, under BatchNorm, each filter's norm, hence the effective
+    learning rate ``lr / |w|**2``) is not the base network's: the proxy would rank learning
+    rates for another network. So every slim weight with a fan-in (conv, linear: ``dim >=
+    2``) and its bias are multiplied by ``sqrt(fan_in_base / fan_in_slim)``: the model's
+    own init, with its distribution and gain, re-derived by the fan-in rule for the slim
+    width (Kaiming fan-in, PyTorch's default uniform bounds and LeCun all scale as
+    ``1 / sqrt(fan_in)``). ``proxy_init="model"`` keeps the base widths' scale.
 """
 
 from __future__ import annotations
@@ -90,7 +101,10 @@ class NetworkFactory:
             return fresh
         import fxprune
 
-        return fxprune.apply_plan(fresh, self.plan, inputs)
+        slim = fxprune.apply_plan(fresh, self.plan, inputs)
+        if self.config.proxy_init == "fan-in":
+            rescale_to_fan_in(slim, fresh)
+        return slim
 
     def warm_up(self) -> None:
         """One forward and backward pass of each network kind on a training batch, before
@@ -101,6 +115,35 @@ class NetworkFactory:
         images, labels = self.data.batch("train", torch.arange(min(8, len(self.data.train))))
         loss = torch.nn.functional.cross_entropy(network(images), labels)
         loss.backward()
+
+
+def fan_in(weight: torch.Tensor) -> int:
+    """Inputs feeding one output unit: ``in_channels / groups * kernel`` (PyTorch's rule)."""
+    return int(weight.shape[1] * weight[0][0].numel())
+
+
+@torch.no_grad()
+def rescale_to_fan_in(slim: nn.Module, base: nn.Module) -> dict[str, float]:
+    """Scale, in place, each weight of ``slim`` with a fan-in (and its bias) by
+    ``sqrt(fan_in_base / fan_in_slim)``, the same-named module of ``base`` (the network it
+    was sliced from) giving the base fan-in (module docstring). Returns the factor applied
+    per module (1.0 where the fan-in is unchanged)."""
+    base_modules = dict(base.named_modules())
+    factors: dict[str, float] = {}
+    for name, module in slim.named_modules():
+        weight, source = getattr(module, "weight", None), base_modules.get(name)
+        source_weight = getattr(source, "weight", None)
+        if not (isinstance(weight, torch.Tensor) and isinstance(source_weight, torch.Tensor)
+                and weight.dim() >= 2 and source_weight.dim() == weight.dim()):
+            continue
+        factor = (fan_in(source_weight) / fan_in(weight)) ** 0.5
+        factors[name] = factor
+        if factor != 1.0:
+            weight.mul_(factor)
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                bias.mul_(factor)
+    return factors
 
 
 def proxy_step_time(config: HpoConfig, data: Dataset) -> dict[str, Any]:
@@ -137,4 +180,5 @@ def digest_of(config: HpoConfig) -> str:
     return digest(config.fingerprint("proxy"))
 
 
-__all__ = ["NetworkFactory", "build_model", "load_data", "network_factory", "proxy_step_time"]
+__all__ = ["NetworkFactory", "build_model", "fan_in", "load_data", "network_factory",
+           "proxy_step_time", "rescale_to_fan_in"]
