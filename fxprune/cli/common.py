@@ -5,8 +5,10 @@ and its ``exit_code`` (2, or 3 for "nothing to prune"); Ctrl-C at any moment bec
 line and exit code 130. Options used by several commands are defined once here, as
 ``Annotated`` types, so their names and help read the same everywhere. Choices that come
 from a registry (scorers, datasets, providers, samplers, pruners) are written ``{scorers}``
-in a help text and filled in by ``RegistryCommand`` only when that command's help is shown
-(so ``fxprune --help`` imports no registry, and a new entry shows up by itself).
+in a help text and filled in by ``RegistryCommand`` only when that command's help is shown.
+The registries of scorers, heads modes and providers live in modules that import torch, so
+a command's help reads their torch-free copies (``HELP_CHOICES``, checked equal to the
+registries by a test) unless the registry is already loaded; no ``--help`` imports torch.
 
 This module imports only typer at the top: every command module imports it, and
 ``fxprune --help`` must stay fast.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -89,7 +92,7 @@ def dataset_names() -> list[str]:
 def provider_names() -> list[str]:
     from fxprune.deploy.runtime import PROVIDERS
 
-    return ["auto", *PROVIDERS]
+    return list(PROVIDERS)  # "auto" is one of them
 
 
 def sampler_names() -> list[str]:
@@ -120,6 +123,25 @@ REGISTRIES: dict[str, Callable[[], list[str]]] = {
 }
 
 
+# Copies of the registries that live in torch-importing modules: (module, names). A
+# command's --help lists these, so it answers without importing torch (~1.7 s of CPU);
+# tests/cli/test_cli_common.py checks each equals its registry.
+HELP_CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "scorers": ("fxprune.scoring", ("l1", "random", "synflow", "synflow_flops")),
+    "heads": ("fxprune.ops.attention", ("dims", "whole")),
+    "providers": ("fxprune.deploy.runtime", ("auto", "cpu", "cuda", "tensorrt")),
+}
+
+
+def help_choices(key: str) -> list[str]:
+    """The choices a help text lists: the registry itself once its module is loaded (a
+    running command, a test), else its torch-free copy in ``HELP_CHOICES``."""
+    module, names = HELP_CHOICES.get(key, (None, ()))
+    if module is not None and module not in sys.modules:
+        return list(names)
+    return REGISTRIES[key]()
+
+
 def check_choice(option: str, value: str, registry: str) -> str:
     """``value`` if the registry holds it, else one ``ConfigError`` line listing the choices."""
     names = REGISTRIES[registry]()
@@ -143,11 +165,11 @@ class RegistryCommand(TyperCommand):
 
 def fill_choices(text: str) -> str:
     """``"Scorer: {scorers}."`` -> ``"Scorer: l1, random, synflow, synflow_flops."``"""
-    for key, names in REGISTRIES.items():
+    for key in REGISTRIES:
         token = "{" + key + "}"
         if token in text:
             try:
-                text = text.replace(token, ", ".join(names()))
+                text = text.replace(token, ", ".join(help_choices(key)))
             except Exception:  # noqa: BLE001 - an optional dependency missing: help still renders
                 text = text.replace(token, f"see the {key} registry")
     return text
@@ -255,6 +277,7 @@ def stage(message: str) -> Iterator[Callable[[str], None]]:
 
 
 __all__ = [
+    "HELP_CHOICES",
     "REGISTRIES",
     "ForceOpt",
     "InputShapeOpt",
@@ -268,10 +291,11 @@ __all__ = [
     "cli_errors",
     "command",
     "error_line",
+    "help_choices",
     "load",
     "progress_line",
-    "stage",
     "protected_paths",
     "resolve_leaves",
     "set_threads",
+    "stage",
 ]

@@ -44,6 +44,44 @@ def test_help_and_version_import_nothing_heavy_and_answer_within_a_second(argv):
     assert min(seconds) < 1.0, seconds
 
 
+COMMANDS_HELP = [["prune", "--help"], ["inspect", "--help"], ["export", "--help"],
+                 ["profile", "--help"], ["train-prune", "--help"], ["models", "--help"],
+                 ["hpo", "--help"], ["hpo", "run", "--help"], ["hpo", "compare", "--help"],
+                 ["hpo", "report", "--help"]]
+
+
+@pytest.mark.parametrize("argv", COMMANDS_HELP, ids=" ".join)
+def test_every_command_help_imports_nothing_heavy(argv):
+    """Each command's help lists its registry choices (scorers, heads, providers, datasets)
+    without importing torch: -X importtime names every module the process imported."""
+    code = (f"import sys; sys.argv = ['fxprune', *{argv!r}]\n"
+            "from fxprune.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True,
+                          text=True, check=False)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-800:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "fxprune.cli.root" in imported and "typer" in imported  # the probe saw the imports
+    assert not {name.split(".")[0] for name in imported} & set(HEAVY), sorted(
+        name for name in imported if name.split(".")[0] in HEAVY)[:5]
+    assert "Usage" in done.stdout
+    for token in ("{scorers}", "{heads}", "{providers}", "{datasets}"):
+        assert token not in done.stdout
+    assert seconds < 5.0, seconds  # importing torch alone takes ~1.7 s of CPU
+
+
+def test_help_choices_equal_the_registries():
+    """The torch-free copies a command's help lists are exactly the registries."""
+    from fxprune.cli.common import HELP_CHOICES, REGISTRIES
+
+    for key, (module, names) in HELP_CHOICES.items():
+        assert list(names) == REGISTRIES[key](), key
+        assert module in sys.modules, key  # REGISTRIES read the real module
+
+
 def test_every_command_is_listed_and_every_computing_command_has_threads():
     r = run("--help")
     assert r.exit_code == 0
@@ -143,4 +181,43 @@ def test_ctrl_c_in_a_real_process_is_one_line_and_leaves_nothing(moment, tmp_pat
     assert process.returncode == 130, stderr[-800:]
     assert "Traceback" not in stderr and not stdout.strip(), (stdout[-800:], stderr)
     assert stderr.strip() in ("error: interrupted; nothing was written", "error: interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _console_script() -> list[str]:
+    """The installed ``fxprune`` script next to this interpreter (what a user runs), or the
+    same entry point through ``-c`` where the package is not installed with its script."""
+    import shutil
+    from pathlib import Path
+
+    script = shutil.which("fxprune", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-c", "from fxprune.cli import main; main()"]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4])
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(delay, tmp_path):
+    """Interrupts from the moment ``main`` runs (importing the app, typer, rich, torch;
+    parsing; loading the model): one line, exit 130. The child reports each finished import
+    on stderr (PYTHONPROFILEIMPORTTIME), so the delays count from the first import made by
+    ``main``, not from a guess at how long Python's own start-up takes on a loaded machine
+    (an interrupt during that start-up, before any fxprune code runs, is not ours)."""
+    import os
+    import signal
+
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    process = subprocess.Popen(
+        [*_console_script(), "prune", "fxprune:resnet20", "--out", str(tmp_path / "slim")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    entry_imported = False
+    for line in process.stderr:  # the entry point's module, then main's first import
+        if entry_imported:
+            break
+        entry_imported = line.rstrip().endswith("| fxprune.cli")
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    said = [line for line in stderr.splitlines() if not line.startswith("import time:")]
+    assert process.returncode == 130, (delay, said[-20:])
+    assert len(said) == 1 and said[0].startswith("error: interrupted"), said[-20:]
+    assert not stdout.strip()
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -84,7 +84,7 @@ def test_prune_writes_loadable_folder(model_file, tmp_path):
     code = (f"import sys, torch; sys.modules['fxprune'] = None; "
             f"m = torch.load({str(out / 'slim.pt')!r}, weights_only=False); "
             f"print(tuple(m(torch.randn(3, 3, 16, 16)).shape))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           cwd=tmp_path)
     assert done.stdout.strip() == "(3, 4)", done.stderr[-500:]
     plan = json.loads((out / "plan.json").read_text())
