@@ -19,7 +19,9 @@ torch.fx gives up on a whole model when one line anywhere in it cannot be traced
 * **Custom autograd functions stay calls.** ``MyFn.apply(x)`` would otherwise be inlined
   (its ``forward`` traced op by op, its ``backward`` lost: a straight-through quantiser
   then has zero gradients). It becomes a call of an ``AutogradFunctionCall`` module, a
-  leaf like the above, so the slim model uses the user's ``backward``.
+  leaf like the above, so the slim model uses the user's ``backward``. Pickled, that
+  module turns into a plain ``nn.Module`` calling ``MyFn.apply``: a saved slim model loads
+  with torch and the user's module, without fxprune (``AutogradFunctionCall``).
 * **Iterating a chunk.** ``list(x.chunk(2, 1))`` (YOLOv8's C2f) iterates a proxy, which
   torch.fx refuses; the number of pieces is known from the call, so it is allowed.
 * **An untraceable root** (a detector's ``forward`` with data-dependent control flow)
@@ -41,8 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from .errors import TraceError
 from .shapes import run_on_meta
@@ -100,7 +101,15 @@ def record_leaves(gm: fx.GraphModule, leaves: Iterable[Leaf]) -> None:
 
 class AutogradFunctionCall(nn.Module):
     """One call of a custom ``torch.autograd.Function``, kept opaque so that its own
-    ``backward`` runs (tracing would inline ``forward`` and drop ``backward``)."""
+    ``backward`` runs (tracing would inline ``forward`` and drop ``backward``).
+
+    Pickled (``torch.save``, ``slim.pt``), it becomes ``portable()``: a plain
+    ``torch.nn.Module`` whose ``forward`` is the user's ``Function.apply``, so a saved slim
+    model loads with torch and the user's module alone, without fxprune. (Not a
+    GraphModule: unpickling re-traces a GraphModule's code, which would inline ``apply``
+    again; the outer GraphModule's re-trace keeps every submodule call as a call.)
+    Copies keep the class.
+    """
 
     def __init__(self, function: type):
         super().__init__()
@@ -111,6 +120,23 @@ class AutogradFunctionCall(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.function.__module__}.{self.function.__qualname__}"
+
+    def portable(self) -> nn.Module:
+        """The same call as a module of torch's own class (``forward`` is ``apply``)."""
+        module = nn.Module()
+        module.forward = self.function.apply  # pickled as getattr(the user's Function, "apply")
+        return module.train(self.training)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # protocol 1's form, (copyreg's reconstructor, (nn.Module, object, None), state):
+        # protocol 2's __newobj__ form must name the pickled object's own class
+        return self.portable().__reduce_ex__(1)
+
+    def __copy__(self) -> AutogradFunctionCall:
+        return AutogradFunctionCall(self.function).train(self.training)
+
+    def __deepcopy__(self, memo: dict) -> AutogradFunctionCall:
+        return self.__copy__()
 
 
 def _contains_proxy(args: Any, kwargs: Any) -> bool:
@@ -543,19 +569,19 @@ def _single_call_inputs(recorded: list[Any] | None) -> tuple[tuple | None, str]:
 
 
 __all__ = [
-    "trace_model",
-    "symbolic_trace",
-    "propagate_shapes",
-    "tensor_leaves",
-    "as_input_tuple",
-    "leaves_of",
-    "record_leaves",
-    "find_traceable_parts",
-    "capture_module_inputs",
+    "META_LEAVES",
+    "META_SHAPE",
+    "AutogradFunctionCall",
     "Leaf",
     "TraceablePart",
-    "AutogradFunctionCall",
     "UntraceableRoot",
-    "META_SHAPE",
-    "META_LEAVES",
+    "as_input_tuple",
+    "capture_module_inputs",
+    "find_traceable_parts",
+    "leaves_of",
+    "propagate_shapes",
+    "record_leaves",
+    "symbolic_trace",
+    "tensor_leaves",
+    "trace_model",
 ]
