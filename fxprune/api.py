@@ -21,12 +21,14 @@ from .cost import SizeChange, macs_report
 from .errors import ConfigError, PlanError
 from .ops import build_channel_graph
 from .ops.attention import check_heads
+from .ops.heads import heads_kept
 from .partial import apply_parts, prune_parts
 from .plan import PrunePlan, keep_from_plan, make_plan
 from .scoring import class_scores, get_scorer
 from .selection import check_ratios, select_channels, select_for_target
 from .surgery import slim
 from .trace import UntraceableRoot, as_input_tuple, propagate_shapes, trace_model
+from .verify import oracle_masks
 
 
 @dataclass(frozen=True)
@@ -70,16 +72,34 @@ class PruneResult(SizeChange):
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             **self.size_summary(),
             "channels_before": int(self.graph.num_classes),
             "channels_after": int(self.keep.sum()),
         }
+        heads = self.heads()
+        if heads:
+            out["attention"] = heads
+        return out
+
+    def heads(self) -> list[dict[str, Any]]:
+        """Heads and head dim of every attention block, before and after."""
+        return heads_kept(self.graph, oracle_masks(self.graph, self.keep).atoms)
 
     def __rich__(self):
         t = self.size_table("fxprune result")
         t.add_row("channels", f"{self.graph.num_classes:,}", f"{int(self.keep.sum()):,}",
                   f"{self.graph.num_classes / max(1, int(self.keep.sum())):.2f}x")
+        heads = self.heads()
+        if heads:
+            before = sum(h["heads_before"] for h in heads)
+            after = sum(h["heads_after"] for h in heads)
+            t.add_row(f"attention heads ({len(heads)} blocks)", f"{before:,}", f"{after:,}",
+                      f"{before / max(1, after):.2f}x")
+            dims_before = sorted({h["head_dim_before"] for h in heads})
+            dims_after = sorted({d for h in heads for d in h["head_dims_after"]})
+            t.add_row("head dims (q/k, v)", "/".join(map(str, dims_before)),
+                      "/".join(map(str, dims_after)), "")
         return t
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from .api import analyze
 from .cost import CostModel, count_params
+from .ops.heads import describe_blocks, head_blocks
 from .trace import leaves_of
 
 
@@ -25,10 +26,13 @@ class InspectReport:
     leaves: list[dict[str, str]] = field(default_factory=list)  # modules kept whole (trace.Leaf)
     max_members: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
+    # one row per attention block (fxprune.ops.heads.describe_blocks)
+    attention: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "params": self.params, "macs": self.macs,
-                "groups": self.groups, "unhandled_ops": self.unhandled, "leaves": self.leaves}
+                "groups": self.groups, "unhandled_ops": self.unhandled, "leaves": self.leaves,
+                "attention": self.attention}
 
     def __rich__(self):
         from rich.console import Group
@@ -57,6 +61,8 @@ class InspectReport:
         total = sum(g["size"] for g in self.groups)
         lines = [t, Text(f"params {self.params:,}   MACs {self.macs:,}   groups {len(self.groups)}   "
                          f"prunable channels {prunable:,} of {total:,}")]
+        if self.attention:
+            lines.append(attention_table(self.attention))
         if self.unhandled:
             u = Table(title="ops that froze channels (no handler)", title_justify="left")
             u.add_column("node")
@@ -76,8 +82,39 @@ class InspectReport:
         return Group(*lines)
 
 
+def attention_table(rows: list[dict[str, Any]], max_rows: int = 40):
+    """Heads per attention block, and whether head dims / whole heads can be pruned."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="attention heads per block (can --heads dims / whole prune them?)",
+              title_justify="left")
+    for col, kw in [("block", {"overflow": "fold"}), ("heads", {"justify": "right"}),
+                    ("head dim", {"justify": "right"}), ("kv heads", {"justify": "right"}),
+                    ("head dims", {}), ("whole heads", {})]:
+        t.add_column(col, **kw)
+
+    def status(text: str | None) -> str:
+        if text is None:
+            return "-"
+        return "[green]prunable[/]" if text == "prunable" else f"[red]{text.partition(':')[0]}[/]:{escape(text.partition(':')[2])}"
+
+    for row in rows[:max_rows]:
+        t.add_row(row["block"], str(row["heads"]), str(row["head_dim"]),
+                  str(row["kv_heads"]) if row["kv_heads"] else "-", status(row["dims"]),
+                  status(row["whole_heads"]))
+    if len(rows) > max_rows:
+        t.add_row(f"... {len(rows) - max_rows} more", "", "", "", "", "")
+    return t
+
+
 def inspect_model(model, example_inputs, leaf_modules=(), name: str | None = None) -> InspectReport:
     graph = analyze(model, example_inputs, leaf_modules)
+    attention = []
+    if head_blocks(graph):  # whole heads couple differently: one more (read-only) analysis
+        whole = analyze(model, example_inputs, leaf_modules, copy_model=False, heads="whole")
+        attention = describe_blocks(graph, whole)
+        del whole
     cost = CostModel(graph, example_inputs)
     class_cost = cost.class_costs(split=True)
     total = max(1.0, float(cost.total))
@@ -100,6 +137,7 @@ def inspect_model(model, example_inputs, leaf_modules=(), name: str | None = Non
         groups=groups,
         unhandled=[u.__dict__ for u in graph.unhandled],
         leaves=[leaf.to_dict() for leaf in leaves_of(graph.gm)],
+        attention=attention,
     )
 
 
@@ -136,4 +174,4 @@ def widths_table(dense: nn.Module, result, max_rows: int = 40):
     return t
 
 
-__all__ = ["InspectReport", "inspect_model", "layer_widths", "widths_table"]
+__all__ = ["InspectReport", "attention_table", "inspect_model", "layer_widths", "widths_table"]

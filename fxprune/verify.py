@@ -73,8 +73,12 @@ class ClassMasks:
         """Keep mask of the label array ``atoms`` on dim ``dim`` of ``node``'s output."""
         return self.keep[self.graph.atom_class[atoms]]
 
+    def atoms(self, atoms: np.ndarray) -> np.ndarray:
+        """Keep mask of atoms as indices of their spaces (not as labels after a reshape)."""
+        return self.keep[self.graph.atom_class[atoms]]
+
     def space(self, space: Space) -> np.ndarray:
-        return self.keep[self.graph.atom_class[space.atoms]]
+        return self.atoms(space.atoms)
 
 
 def oracle_masks(graph: ChannelGraph, keep: np.ndarray) -> ClassMasks:
@@ -216,4 +220,4 @@ def verify_equivalence(graph: ChannelGraph, keep: np.ndarray, slim_model: torch.
     return EquivalenceReport(False, diff, scale, diff <= tol, detail, fraction, n_pruned)
 
 
-__all__ = ["verify_equivalence", "masked_forward", "EquivalenceReport", "ClassMasks"]
+__all__ = ["verify_equivalence", "masked_forward", "oracle_masks", "EquivalenceReport", "ClassMasks"]

@@ -1,0 +1,99 @@
+"""Heads per attention block: ``inspect`` lists them, ``prune`` reports how many survive."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import fxprune
+from fxprune.inspection import inspect_model
+from fxprune.ops.heads import head_blocks
+from tests.ops.test_attention import MHA, X, Block, GQARoPE, NanoGPTAttention, PackedQKV
+
+
+def render(obj) -> str:
+    console = Console(width=160, record=True)
+    console.print(obj)
+    return console.export_text()
+
+
+@pytest.mark.parametrize("attn,block,heads,head_dim,kv", [
+    (NanoGPTAttention(), "attn", 4, 8, None),
+    (PackedQKV(), "attn", 4, 8, None),
+    (GQARoPE(), "attn", 4, 8, 2),
+    (MHA("bool"), "attn.mha", 4, 8, None),
+])
+def test_inspect_lists_heads_per_block(attn, block, heads, head_dim, kv):
+    report = inspect_model(Block(attn).eval(), X)
+    assert report.attention == [{"block": block, "heads": heads, "head_dim": head_dim,
+                                 "kv_heads": kv, "dims": "prunable", "whole_heads": "prunable"}]
+    assert report.to_dict()["attention"] == report.attention
+    text = render(report)
+    assert "attention heads per block" in text and block in text
+
+
+class FrozenHeads(NanoGPTAttention):
+    """Reads one head dim by index: head dims are frozen, whole heads are not."""
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head)
+        pick = q[..., 0]  # (B, T, H): one dim of every head
+        return self.c_proj(v) + pick.sum(-1, keepdim=True)
+
+
+def test_inspect_says_why_head_dims_are_frozen():
+    report = inspect_model(Block(FrozenHeads()).eval(), X)
+    (row,) = report.attention
+    assert row["heads"] == 4 and row["head_dim"] == 8
+    assert row["dims"].startswith(("frozen", "partly frozen")), row
+    assert "frozen" in render(report)
+
+
+def test_no_attention_no_heads_table():
+    from torch import nn
+
+    import torch
+
+    report = inspect_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)),
+                           torch.randn(1, 3, 8, 8))
+    assert report.attention == []
+    assert "attention heads" not in render(report)
+
+
+@pytest.mark.parametrize("heads,expect", [("whole", lambda h: h["heads_after"] < 4 and h["head_dim_after"] == 8),
+                                          ("dims", lambda h: h["heads_after"] == 4 and h["head_dim_after"] < 8)])
+def test_prune_summary_reports_heads_kept(heads, expect):
+    r = fxprune.prune(Block(NanoGPTAttention()).eval(), X, ratio=0.5, scorer="l1", heads=heads,
+                      uniform=True)
+    (row,) = r.summary()["attention"]
+    assert row["block"] == "attn" and row["heads_before"] == 4 and row["head_dim_before"] == 8
+    assert expect(row), row
+    # the slim model really has that many heads x dims in its value projection
+    attn = r.model.attn
+    v_dim = attn.c_proj.in_features // row["heads_after"]
+    assert v_dim in row["head_dims_after"]
+    assert attn.c_attn.out_features == row["heads_after"] * (2 * row["head_dim_after"] + v_dim)
+    assert "attention heads (1 blocks)" in render(r)
+    assert json.loads(r.plan.to_json())["summary"]["attention"] == [row]
+
+
+def test_cli_inspect_json_has_heads(tmp_path):
+    from fxprune.cli import app
+
+    model_file = tmp_path / "gqa.py"
+    model_file.write_text(
+        "import torch\n"
+        "from tests.ops.test_attention import Block, GQARoPE\n"
+        "def build_model():\n    return Block(GQARoPE()).eval()\n"
+        "def example_inputs():\n    return (torch.randn(2, 6, 8),)\n")
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["inspect", str(model_file), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["attention"]
+    assert rows[0]["heads"] == 4 and rows[0]["kv_heads"] == 2
+    assert head_blocks(fxprune.analyze(Block(GQARoPE()).eval(), X))[0].kv_heads == 2
