@@ -7,7 +7,9 @@ widths that run faster than every wider one, and its full width; never below its
 channels are kept, so a width fixes which channels stay.
 
 The latency of a keep state is the sum over conv/linear layers of the table's model at
-the layer's kept input and output widths. Greedy: start dense; repeatedly take the step
+the layer's kept input and output widths, times ``scale``, plus ``act_ms`` per million
+elements each layer writes (the work between layers; both from ``LatencyModel``, set with
+``set_costs``; 1 and 0 = the table alone). Greedy: start dense; repeatedly take the step
 (one group down to a lower candidate width) that loses the least score per millisecond
 saved, given the current widths of every other group, until the predicted latency is
 within the budget; then steps back up that still fit (the last step down usually
@@ -42,6 +44,9 @@ class LatencySelector:
     def __init__(self, graph, specs: dict[str, LayerSpec], scores: np.ndarray, table: LatencyTable,
                  min_ratio: float, round_to: int | None = None):  # fmt: skip
         self.graph, self.table = graph, table
+        self.scale, self.act_ms = 1.0, 0.0
+        self.round_to = round_to
+        self.last_widths: list[int] | None = None
         scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=1e300, neginf=-1e300)
         self.layers = []
         for name, spec in specs.items():
@@ -109,15 +114,37 @@ class LatencySelector:
             fastest_wider = min(fastest_wider, curve[width])
         return sorted(efficient)
 
+    def set_costs(self, scale: float, act_ms: float) -> None:
+        """Cost = ``scale`` x table + ``act_ms`` per million output elements; the
+        candidate widths are recomputed (activations make every width save something)."""
+        if (scale, act_ms) != (self.scale, self.act_ms):
+            self.scale, self.act_ms = float(scale), float(act_ms)
+            self.candidates = [self._candidates(i, self.round_to) for i in range(len(self.groups))]
+
+    def features(self, widths: list[int]) -> tuple[float, float]:
+        """(table ms, millions of output elements) summed over the layers at ``widths``."""
+        table_ms = acts = 0.0
+        for layer in self.layers:
+            cin, cout = self._layer_widths(layer, widths)
+            table_ms += self.table.layer_ms(layer.spec, cin, cout)
+            acts += layer.spec.output_elements(cout) / 1e6
+        return table_ms, acts
+
     def space_width(self, key: str, widths: list[int]) -> int:
         return self.space_fixed[key] + sum(int(cum[widths[i]]) for i, cum in self.space_cum[key])
 
+    def _layer_widths(self, layer: _Layer, widths: list[int]) -> tuple[int, int]:
+        cout = self.space_width(layer.out_space, widths) if layer.out_space else layer.spec.out_channels
+        cin = self.space_width(layer.in_space, widths) if layer.in_space else layer.spec.in_channels
+        return cin, cout
+
     def layer_ms(self, li: int, widths: list[int]) -> float:
         layer = self.layers[li]
-        spec = layer.spec
-        cout = self.space_width(layer.out_space, widths) if layer.out_space else spec.out_channels
-        cin = self.space_width(layer.in_space, widths) if layer.in_space else spec.in_channels
-        return self.table.layer_ms(spec, cin, cout)
+        cin, cout = self._layer_widths(layer, widths)
+        cost = self.scale * self.table.layer_ms(layer.spec, cin, cout)
+        if self.act_ms:
+            cost += self.act_ms * layer.spec.output_elements(cout) / 1e6
+        return cost
 
     def predict(self, widths: list[int]) -> float:
         return sum(self.layer_ms(li, widths) for li in range(len(self.layers)))
@@ -159,6 +186,7 @@ class LatencySelector:
                 best[j] = self._best_step(j, widths, times)
         if total <= budget * dense:
             total = self._fill(widths, budget * dense)
+        self.last_widths = list(widths)
         return self.keep(widths), total / dense if dense else 1.0
 
     def _fill(self, widths: list[int], limit: float) -> float:

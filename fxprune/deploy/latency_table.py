@@ -6,10 +6,16 @@ falls back to a slower NCHW path). So the table is *measured*, never derived fro
 
 1. **Blocks, discovered.** For each kind of layer in the model (conv kxk, conv 1x1,
    depthwise, linear) and each side (input, output channels), one representative layer
-   is timed at every width 1..40. The block is the largest ``b`` in 2..32 such that a
-   width that is not a multiple of ``b`` is (nearly always) no faster than the next
-   multiple; widths below the block that are clearly faster than every wider one are
-   kept too. A group's candidate widths are the multiples of its layers' blocks.
+   is timed at every width 1..40, in ``SWEEP_REPEATS`` passes (alternating direction, so
+   a burst of load hits different widths each pass), and each width's median is used.
+   The block is the largest ``b`` in 2..32 such that a width that is not a multiple of
+   ``b`` is (nearly always) no faster than the next multiple; widths below the block that
+   are clearly faster than every wider one are kept too. When the sweep is ambiguous (the
+   CPU's SIMD block, 16 floats with AVX-512 and 8 with AVX2 from ``/proc/cpuinfo``, is
+   borne out by at least half the widths but not by the 80% a block needs), the ISA's
+   block is taken. The evidence (agreement per block, the ISA, the rule that decided,
+   the spread between passes) is kept in the table's ``evidence``. A group's candidate
+   widths are the multiples of its layers' blocks.
 2. **Per layer.** Each distinct layer (kind, widths, kernel, stride, input size) is
    timed dense, at a few candidate widths of its output side (input dense) and of its
    input side (output dense), and at one corner (both small). Latency is modelled as
@@ -45,11 +51,13 @@ from fxprune.io import atomic_write_bytes
 from .report import new_figure, save_figure
 from .runtime import device_name, open_session, resolve_providers
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: sweeps repeated, block evidence recorded
 SWEEP_WIDTHS = range(1, 41)
+SWEEP_REPEATS = 3  # passes over the sweep widths; each width's median is used
 BLOCK_CHOICES = (2, 4, 8, 16, 32)
 BLOCK_TOLERANCE = 0.08  # a width within 8% of the next multiple's time counts as "no faster"
 BLOCK_AGREEMENT = 0.8  # ... for at least 80% of the widths checked
+AMBIGUOUS_AGREEMENT = 0.5  # the ISA block, agreed on by >= 50% (but < 80%): take it
 SMALL_GAIN = 0.1  # a width below the block is kept if >= 10% faster than every wider one
 FRACTIONS = (0.125, 0.25, 0.5, 0.75)  # where each layer side is measured (plus dense)
 SWEEP_PIXELS = 28 * 28  # sweeps run on at most this many output pixels (cheap, same kernels)
@@ -86,6 +94,15 @@ class LayerSpec:
     @property
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    def output_elements(self, cout: int) -> int:
+        """Elements the layer writes at ``cout`` output channels: the activation the ops
+        after it (BN, activation, add, pooling, reorders) work on."""
+        if self.kind == "linear":
+            return math.prod(self.input_shape[:-1]) * cout
+        spatial = [(size + 2 * pad - dil * (k - 1) - 1) // st + 1 for size, k, st, pad, dil
+                   in zip(self.input_shape[2:], self.kernel, self.stride, self.padding, self.dilation)]  # fmt: skip
+        return self.input_shape[0] * cout * math.prod(spatial)
 
     def measurable(self) -> bool:
         return self.category in ("linear", "depthwise", "conv 1x1", "conv kxk")
@@ -164,10 +181,16 @@ class Timer:
         self.providers, self.threads = providers, threads
         self.min_runs, self.min_seconds, self.max_runs = min_runs, min_seconds, max_runs
 
+        self._sessions: dict[tuple, tuple[Any, dict[str, np.ndarray]]] = {}
+
     def __call__(self, spec: LayerSpec, cin: int, cout: int, spatial=None) -> float:
-        session = open_session(layer_onnx(spec, cin, cout, spatial), self.providers, self.threads)
-        node = session.get_inputs()[0]
-        feed = {node.name: np.random.default_rng(0).standard_normal(node.shape).astype(np.float32)}
+        key = (spec.key, cin, cout, spatial)
+        if key not in self._sessions:  # kept for the repeated passes of a sweep
+            session = open_session(layer_onnx(spec, cin, cout, spatial), self.providers, self.threads)
+            node = session.get_inputs()[0]
+            feed = {node.name: np.random.default_rng(0).standard_normal(node.shape).astype(np.float32)}
+            self._sessions[key] = (session, feed)
+        session, feed = self._sessions[key]
         session.run(None, feed)
         session.run(None, feed)
         best, runs, started = float("inf"), 0, time.perf_counter()
@@ -178,23 +201,80 @@ class Timer:
             runs += 1
         return best
 
+    def clear(self) -> None:
+        """Drop the sessions kept since the last call (after a sweep)."""
+        self._sessions.clear()
+
 
 # --------------------------------------------------------------------------- blocks
 
 
-def discover_block(times: dict[int, float]) -> tuple[int, list[int]]:
-    """(block, efficient widths below it) from a width sweep (see module docstring)."""
-    block = 1
+def block_agreement(times: dict[int, float]) -> dict[int, float]:
+    """Per block ``b``: the fraction of swept widths (not multiples of ``b``) that run no
+    faster than the next multiple of ``b`` (within ``BLOCK_TOLERANCE``); blocks with fewer
+    than 3 such widths are left out."""
+    agreement = {}
     for b in BLOCK_CHOICES:
         checks = [(w, -(-w // b) * b) for w in times if w % b and -(-w // b) * b in times]
-        if len(checks) < 3:
-            continue
-        agree = sum(times[w] >= (1 - BLOCK_TOLERANCE) * times[up] for w, up in checks)
-        if agree >= BLOCK_AGREEMENT * len(checks):
-            block = b
+        if len(checks) >= 3:
+            agreement[b] = sum(times[w] >= (1 - BLOCK_TOLERANCE) * times[up] for w, up in checks) / len(checks)
+    return agreement
+
+
+def discover_block(times: dict[int, float], preferred: int | None = None,
+                   evidence: dict[str, Any] | None = None) -> tuple[int, list[int]]:  # fmt: skip
+    """(block, efficient widths below it) from a width sweep (see module docstring).
+
+    ``preferred``: the block the CPU's ISA suggests, taken when the sweep is ambiguous;
+    ``evidence``, when given, receives the agreement per block and the rule that decided.
+    """
+    agreement = block_agreement(times)
+    swept = max((b for b, a in agreement.items() if a >= BLOCK_AGREEMENT), default=1)
+    block, rule = swept, "sweep"
+    # a clear larger block stands; a smaller one (or none) with the ISA's block half agreed
+    # on is load blurring the staircase
+    if preferred and swept < preferred and agreement.get(preferred, 0.0) >= AMBIGUOUS_AGREEMENT:
+        block, rule = preferred, "isa (sweep ambiguous)"
     small = [w for w in sorted(times) if w < block
              and times[w] < (1 - SMALL_GAIN) * min(t for v, t in times.items() if w < v <= block)]  # fmt: skip
+    if evidence is not None:
+        evidence.update({"agreement": {str(b): round(a, 3) for b, a in agreement.items()},
+                         "sweep_block": swept, "preferred": preferred, "rule": rule, "block": block})  # fmt: skip
     return block, small
+
+
+def isa_block(provider: str = "CPUExecutionProvider") -> tuple[str, int] | None:
+    """(ISA, floats per SIMD register) of this CPU from ``/proc/cpuinfo``'s flags:
+    ("avx512f", 16) or ("avx2", 8); None off the CPU provider or when unknown."""
+    if provider != "CPUExecutionProvider":
+        return None
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return None
+    for isa, block in (("avx512f", 16), ("avx2", 8)):
+        if isa in flags:
+            return isa, block
+    return None
+
+
+def sweep_times(timer, stand_in: LayerSpec, spatial, side: str, other: int, depthwise: bool,
+                repeats: int = SWEEP_REPEATS) -> tuple[dict[int, float], float]:  # fmt: skip
+    """Width -> median ms over ``repeats`` passes (alternating direction), and the median
+    relative spread (max - min) / median between passes."""
+    runs: dict[int, list[float]] = {w: [] for w in SWEEP_WIDTHS}
+    for rep in range(repeats):
+        for width in (SWEEP_WIDTHS if rep % 2 == 0 else reversed(SWEEP_WIDTHS)):
+            if depthwise:
+                runs[width].append(timer(stand_in, width, width, spatial))
+            elif side == "out":
+                runs[width].append(timer(stand_in, other, width, spatial))
+            else:
+                runs[width].append(timer(stand_in, width, other, spatial))
+    medians = {w: float(np.median(t)) for w, t in runs.items()}
+    spread = float(np.median([(max(t) - min(t)) / max(medians[w], 1e-9) for w, t in runs.items()]))
+    return medians, spread
 
 
 def _sweep_spec(spec: LayerSpec, side: str) -> tuple[LayerSpec, tuple[int, ...] | None, int]:
@@ -220,6 +300,7 @@ class LatencyTable:
     small: dict[str, list[int]] = field(default_factory=dict)  # efficient widths below the block
     sweeps: dict[str, dict[int, float]] = field(default_factory=dict)  # side -> width -> ms
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec key -> measurements
+    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)  # side -> how its block was decided
     seconds: float = 0.0  # what building it cost
     measurements: int = 0
     cached: bool = False  # loaded from disk
@@ -266,7 +347,7 @@ class LatencyTable:
         sweeps = {k: {int(w): t for w, t in v.items()} for k, v in data["sweeps"].items()}
         layers = {k: {**v, "out": {int(w): t for w, t in v["out"].items()},
                       "in": {int(w): t for w, t in v["in"].items()}} for k, v in data["layers"].items()}  # fmt: skip
-        return cls(data["fingerprint"], data["blocks"], data["small"], sweeps, layers,
+        return cls(data["fingerprint"], data["blocks"], data["small"], sweeps, layers, data["evidence"],
                    data["seconds"], data["measurements"], cached=True)  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -358,20 +439,17 @@ def build_latency_table(
             key = f"{spec.category}/{side}"
             if key not in by_side or _work(spec) > _work(by_side[key]):
                 by_side[key] = spec
+    isa = isa_block(providers[0])
     for key, spec in sorted(by_side.items()):
-        say(f"latency table: sweeping {key} widths 1..{SWEEP_WIDTHS[-1]}")
+        say(f"latency table: sweeping {key} widths 1..{SWEEP_WIDTHS[-1]} ({SWEEP_REPEATS} passes)")
         side = key.rsplit("/", 1)[1]
         stand_in, spatial, other = _sweep_spec(spec, side)
-        sweep = {}
-        for width in SWEEP_WIDTHS:
-            if spec.depthwise:
-                sweep[width] = timer(stand_in, width, width, spatial)
-            elif side == "out":
-                sweep[width] = timer(stand_in, other, width, spatial)
-            else:
-                sweep[width] = timer(stand_in, width, other, spatial)
+        sweep, spread = sweep_times(timer, stand_in, spatial, side, other, spec.depthwise)
+        timer.clear()
+        evidence = {"isa": isa[0] if isa else None, "repeats": SWEEP_REPEATS, "spread": round(spread, 3)}
         table.sweeps[key] = sweep
-        table.blocks[key], table.small[key] = discover_block(sweep)
+        table.blocks[key], table.small[key] = discover_block(sweep, isa[1] if isa else None, evidence)
+        table.evidence[key] = evidence
     say("latency table: blocks " + ", ".join(f"{k} {v}" for k, v in sorted(table.blocks.items())))
     # 2. every distinct layer
     distinct: dict[str, tuple[str, LayerSpec]] = {}
@@ -400,6 +478,9 @@ class _Counted:
     def __call__(self, *args) -> float:
         self.table.measurements += 1
         return self.timer(*args)
+
+    def clear(self) -> None:
+        getattr(self.timer, "clear", lambda: None)()
 
 
 def _work(spec: LayerSpec) -> int:
@@ -479,5 +560,6 @@ def model_width_plot(model: nn.Module, example_inputs, png_path: str | os.PathLi
     return plot_latency_vs_width(table, specs, png_path, top)
 
 
-__all__ = ["LatencyTable", "LayerSpec", "Timer", "build_latency_table", "cache_path",
-           "default_cache_dir", "discover_block", "fingerprint", "layer_onnx", "layer_specs", "model_width_plot", "plot_latency_vs_width", "widths_to_measure"]  # fmt: skip
+__all__ = ["LatencyTable", "LayerSpec", "Timer", "block_agreement", "build_latency_table", "cache_path",
+           "default_cache_dir", "discover_block", "fingerprint", "isa_block", "layer_onnx", "layer_specs",
+           "model_width_plot", "plot_latency_vs_width", "sweep_times", "widths_to_measure"]

@@ -3,13 +3,18 @@
 1. Analyse and score the model once (``fxprune.api.analyze``, the chosen scorer).
 2. Build or load its ``LatencyTable`` (``fxprune.deploy.latency_table``): per-layer
    latency vs kept width on the real runtime, blocks discovered from measurement.
-3. Select under the budget with ``LatencySelector`` (score lost per millisecond saved).
-4. Slim, export, and time the real slim model against the dense one (interleaved, at the
+3. Calibrate a ``LatencyModel`` (``fxprune.deploy.latency_model``) on one timing of the
+   dense model: what the table misses (the work between layers, proportional to the
+   activations, and the per-run overhead) is modelled, so the first prediction of a
+   slim model's latency is close to what it measures.
+4. Select under the budget with ``LatencySelector`` (score lost per millisecond saved,
+   the milliseconds including the activations' share).
+5. Slim, export, and time the real slim model against the dense one (interleaved, at the
    example inputs' batch size, ``threads`` = torch's thread count unless given). If the
-   measured fraction is more than ``tolerance`` (10%) away from the target, correct the
-   budget given to the table (first step proportional, then the secant through the last
-   two attempts, in log space) and go again, at most ``max_iterations`` times. The
-   attempt closest to the target is returned.
+   measured fraction is more than ``tolerance`` (10%) away from the target, the model is
+   refitted on every measurement so far and the next budget is the one it predicts hits
+   the target; at most ``max_iterations`` attempts. The attempt closest to the target is
+   returned.
 
 Layer tables are timed single-threaded by default (``table_threads=1``): on a machine
 whose cores are shared with other work, a two-thread timing of one small layer flips
@@ -20,7 +25,6 @@ slim model itself is always timed at ``threads``.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,11 +44,13 @@ from fxprune.surgery import slim
 from fxprune.trace import as_input_tuple
 
 from .export import export_onnx
+from .latency_model import LatencyModel, overhead_ms
 from .latency_selection import LatencySelector
 from .latency_table import build_latency_table, layer_specs
 from .profiling import Progress, Timing, profile_many
 
-# measures (dense GraphModule or model, slim GraphModule) -> slim latency / dense latency
+# measures a slim GraphModule -> slim latency / dense latency; may also have
+# ``calibrate() -> (dense ms, per-run overhead ms)`` (the ONNX Runtime one does)
 Measure = Callable[[Any], float]
 
 
@@ -87,8 +93,8 @@ class LatencyTarget:
         """The budget-object hook of ``fxprune.prune(target=...)``: measure, select,
         correct (see the module docstring) and return the keep mask closest to the target."""
         inputs = as_input_tuple(example_inputs)
-        steps, keeps, _ = search(graph, inputs, np.asarray(scores, dtype=np.float64), self,
-                                 min_ratio=min_ratio, round_to=round_to)  # fmt: skip
+        steps, keeps, _, _ = search(graph, inputs, np.asarray(scores, dtype=np.float64), self,
+                                    min_ratio=min_ratio, round_to=round_to)  # fmt: skip
         return keeps[closest(steps, self.latency)]
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,8 +105,8 @@ class LatencyTarget:
 class LatencyStep:
     """One attempt of the correction loop."""
 
-    budget: float  # the fraction of the table's dense latency asked of the selection
-    predicted: float  # the table's prediction for the chosen widths
+    budget: float  # the fraction of the modelled dense latency asked of the selection
+    predicted: float  # the latency model's predicted slim / dense for the chosen widths
     measured: float  # slim / dense, measured on the real models
     macs: int
     channels: int
@@ -118,6 +124,7 @@ class LatencyResult:
     table_cached: bool
     blocks: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    calibration: dict[str, Any] = field(default_factory=dict)  # LatencyModel.to_dict() at the end
 
     @property
     def model(self):
@@ -136,6 +143,9 @@ class LatencyResult:
             "table_seconds": round(self.table_seconds, 1),
             "table_cached": self.table_cached,
             "blocks": self.blocks,
+            "predicted_first": round(self.steps[0].predicted, 4) if self.steps else None,
+            "measured_first": round(self.steps[0].measured, 4) if self.steps else None,
+            "calibration": self.calibration,
             **self.result.summary(),
         }
 
@@ -199,24 +209,25 @@ def prune_to_latency(
     PruneConfig(0.0, min_ratio)  # validates min_ratio like prune() does
     say(f"analysing {type(model).__name__}")
     graph = analyze(model, inputs, leaf_modules, copy_model=False)
-    # scored on the first example: Synflow's objective grows with the batch, its ranking
-    # does not, and batch 64 costs 30 s on two busy cores
-    scores = _scores(graph, tuple(t[:1] if t.dim() else t for t in inputs), scorer, data)
+    # scored on every example given (the batch): a data-dependent scorer sees them all
+    scores = _scores(graph, inputs, scorer, data)
     if cache_dir is not None:
         target = replace(target, cache_dir=str(cache_dir))
-    steps, keeps, table = search(graph, inputs, scores, target, min_ratio=min_ratio, round_to=round_to,
-                                 use_cache=use_cache, measure=measure, layer_timer=layer_timer,
-                                 model_name=type(model).__name__, progress=progress)  # fmt: skip
+    steps, keeps, table, latency_model = search(graph, inputs, scores, target, min_ratio=min_ratio,
+                                                round_to=round_to, use_cache=use_cache, measure=measure,
+                                                layer_timer=layer_timer, model_name=type(model).__name__,
+                                                progress=progress)  # fmt: skip
     best = closest(steps, target.latency)
     result = _result(graph, keeps[best], inputs, scorer, min_ratio, round_to, target, steps[best])
     return LatencyResult(result, target, steps[best].measured, steps, table.seconds, table.cached,
-                         dict(table.blocks), time.perf_counter() - started)  # fmt: skip
+                         dict(table.blocks), time.perf_counter() - started, latency_model.to_dict())  # fmt: skip
 
 
 def search(graph, inputs, scores, target: LatencyTarget, *, min_ratio: float, round_to: int | None,
            use_cache: bool = True, measure: Measure | None = None, layer_timer=None,
            model_name: str | None = None, progress: Progress | None = None):  # fmt: skip
-    """Table, selection and correction loop: (attempts, their keep masks, the table)."""
+    """Table, calibration, selection and correction loop: (attempts, their keep masks,
+    the table, the latency model as refitted last)."""
     import torch
 
     threads = target.threads or torch.get_num_threads()
@@ -228,9 +239,16 @@ def search(graph, inputs, scores, target: LatencyTarget, *, min_ratio: float, ro
                                 progress=progress)  # fmt: skip
     selector = LatencySelector(graph, specs, scores, table, min_ratio, round_to)
     with tempfile.TemporaryDirectory(prefix="fxprune-latency-") as workdir:
-        measure = measure or _onnx_measure(graph.gm, inputs, target, threads, Path(workdir), progress)
-        steps, keeps = _correct(selector, graph, inputs, target, measure, say)
-    return steps, keeps, table
+        measure = measure or _OnnxMeasure(graph.gm, inputs, target, threads, Path(workdir), progress)
+        table_dense, acts_dense = selector.features(selector.dense_widths())
+        dense_ms, overhead = measure.calibrate() if hasattr(measure, "calibrate") else (None, 0.0)
+        model = LatencyModel.calibrate(table_dense, acts_dense, dense_ms, overhead)
+        if model.calibrated:
+            say(f"latency model: dense {dense_ms:.2f} ms measured, {table_dense:.2f} ms in the layer table, "
+                f"overhead {model.overhead:.3f} ms, table x{model.scale:.2f} + {model.act_ms:.4f} ms per "
+                f"M activations ({acts_dense:.1f} M)")  # fmt: skip
+        steps, keeps = _correct(selector, graph, inputs, target, measure, say, model)
+    return steps, keeps, table, model
 
 
 def closest(steps: list[LatencyStep], goal: float) -> int:
@@ -238,65 +256,66 @@ def closest(steps: list[LatencyStep], goal: float) -> int:
     return min(range(len(steps)), key=lambda n: abs(steps[n].measured / goal - 1.0))
 
 
-def _correct(selector: LatencySelector, graph, inputs, target: LatencyTarget, measure: Measure, say):
-    """The +-tolerance loop: select at a budget, measure, correct the budget."""
+def _correct(selector: LatencySelector, graph, inputs, target: LatencyTarget, measure: Measure, say,
+             model: LatencyModel):  # fmt: skip
+    """The +-tolerance loop: select at the budget the model predicts hits the target,
+    measure, refit the model on the answer, again."""
     steps: list[LatencyStep] = []
     keeps: list[np.ndarray] = []
-    budget = target.latency
     for attempt in range(1, target.max_iterations + 1):
-        keep, predicted = selector.select(budget)
-        for _ in range(12):  # a budget step too small to change the selection: keep moving
+        selector.set_costs(model.scale, model.act_ms)
+        budget = model.selector_budget(target.latency)
+        keep, _ = selector.select(budget)
+        for _ in range(12):  # a refit too small to change the selection: keep moving
             same = next((n for n, k in enumerate(keeps) if np.array_equal(keep, k)), None)
             if same is None:
                 break
             factor = target.latency / max(steps[same].measured, 1e-6)
             budget = float(min(1.0, max(1e-3, budget * (factor if abs(factor - 1) > 0.02 else 0.98))))
-            keep, predicted = selector.select(budget)
+            keep, _ = selector.select(budget)
         if any(np.array_equal(keep, k) for k in keeps):
             say(f"attempt {attempt}: no budget selects a model not yet measured; stopping")
             break
+        table_ms, acts = selector.features(selector.last_widths)
+        predicted = model.fraction(table_ms, acts)
         slim_model = slim(graph, keep)
         measured = float(measure(slim_model))
         macs = int(macs_report(slim_model, inputs).macs)
         steps.append(LatencyStep(budget, predicted, measured, macs, int(keep.sum())))
         keeps.append(keep)
-        say(f"attempt {attempt}: table budget {budget:.3f} (predicted {predicted:.3f}) -> measured "
+        say(f"attempt {attempt}: budget {budget:.3f}, predicted {predicted:.3f} -> measured "
             f"{measured:.3f} of dense, target {target.latency:g} ±{target.tolerance:.0%}")  # fmt: skip
         if abs(measured / target.latency - 1.0) <= target.tolerance:
             break
-        budget = _next_budget(steps, target.latency)
+        model.add(table_ms, acts, measured)
     return steps, keeps
 
 
-def _next_budget(steps: list[LatencyStep], goal: float) -> float:
-    """Proportional on the first miss, then the secant through the last two attempts (in
-    log space), kept within a factor 2 of the last budget and within (0, 1]."""
-    last = steps[-1]
-    proposal = last.budget * goal / max(last.measured, 1e-6)
-    if len(steps) >= 2:
-        prev = steps[-2]
-        dx = math.log(last.budget) - math.log(prev.budget)
-        dy = math.log(max(last.measured, 1e-6)) - math.log(max(prev.measured, 1e-6))
-        if abs(dx) > 1e-6 and dy / dx > 0.05:  # a usable, increasing slope
-            proposal = math.exp(math.log(last.budget) + (math.log(goal) - math.log(max(last.measured, 1e-6))) * dx / dy)
-    return float(min(1.0, max(1e-3, min(2 * last.budget, max(last.budget / 2, proposal)))))
+class _OnnxMeasure:
+    """Exports dense once; ``calibrate()`` times it alone (and the per-run overhead), each
+    call exports the slim model and times both interleaved."""
 
+    def __init__(self, dense_gm, inputs, target: LatencyTarget, threads: int, workdir: Path, progress):
+        self.inputs, self.target, self.threads, self.workdir, self.progress = inputs, target, threads, workdir, progress
+        self.dense_path = workdir / "dense.onnx"
+        export_onnx(dense_gm, inputs, self.dense_path, check_parity=False)
+        self.batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
+        self.timing = Timing(warmup=2, min_runs=10, min_seconds=1.0, max_seconds=target.timing_seconds)
 
-def _onnx_measure(dense_gm, inputs, target: LatencyTarget, threads: int, workdir: Path, progress):
-    """Export dense once; each call exports the slim model and times both interleaved."""
-    dense_path = workdir / "dense.onnx"
-    export_onnx(dense_gm, inputs, dense_path, check_parity=False)
-    batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
-    timing = Timing(warmup=2, min_runs=10, min_seconds=1.0, max_seconds=target.timing_seconds)
+    def calibrate(self) -> tuple[float, float]:
+        from .runtime import resolve_providers
 
-    def measure(slim_model) -> float:
-        slim_path = workdir / "slim.onnx"
-        export_onnx(slim_model, inputs, slim_path)
-        stats = profile_many({"dense": dense_path, "slim": slim_path}, (batch,), threads=threads,
-                             provider=target.provider, timing=timing, progress=progress)  # fmt: skip
+        stats = profile_many({"dense": self.dense_path}, (self.batch,), threads=self.threads,
+                             provider=self.target.provider, timing=self.timing, progress=self.progress)  # fmt: skip
+        shape = tuple(int(s) for s in self.inputs[0].shape)
+        return stats["dense"][0].median_ms, overhead_ms(shape, resolve_providers(self.target.provider), self.threads)
+
+    def __call__(self, slim_model) -> float:
+        slim_path = self.workdir / "slim.onnx"
+        export_onnx(slim_model, self.inputs, slim_path)
+        stats = profile_many({"dense": self.dense_path, "slim": slim_path}, (self.batch,), threads=self.threads,
+                             provider=self.target.provider, timing=self.timing, progress=self.progress)  # fmt: skip
         return stats["slim"][0].median_ms / stats["dense"][0].median_ms
-
-    return measure
 
 
 def _scores(graph, inputs, scorer, data) -> np.ndarray:

@@ -15,10 +15,12 @@ from torch import nn
 from fxprune.api import analyze
 from fxprune.deploy import LatencyTarget, prune_to_latency
 from fxprune.deploy.latency_selection import LatencySelector
+from fxprune.deploy.latency_model import LatencyModel
 from fxprune.deploy.latency_table import (
     build_latency_table,
     discover_block,
     layer_specs,
+    sweep_times,
     widths_to_measure,
 )
 from fxprune.errors import ConfigError
@@ -76,12 +78,46 @@ def test_blocks_are_discovered_from_a_sweep():
     assert discover_block(cheap_small) == (16, [2])
 
 
+def test_ambiguous_sweep_takes_the_isa_block_and_says_so():
+    # a staircase of 16 blurred by load: a third of the widths ran clearly faster than the
+    # next multiple of 16, so no block gets the 80% agreement a sweep needs
+    blurred = {w: 1.0 + (-(-w // 16)) - (0.5 if w in (*range(1, 6), *range(17, 22)) else 0.0) for w in range(1, 41)}
+    evidence = {}
+    swept = discover_block(blurred, evidence=evidence)[0]
+    assert swept < 16 and evidence["rule"] == "sweep" and evidence["sweep_block"] == swept
+    assert 0.5 <= evidence["agreement"]["16"] < 0.8
+    evidence = {}
+    assert discover_block(blurred, preferred=16, evidence=evidence)[0] == 16
+    assert evidence["rule"] == "isa (sweep ambiguous)" and evidence["block"] == 16 and evidence["sweep_block"] == swept
+    # a clear staircase of 16 stands whatever the ISA; no staircase at all is not overruled
+    staircase = {w: 1.0 + (-(-w // 16)) for w in range(1, 41)}
+    assert discover_block(staircase, preferred=8)[0] == 16
+    assert discover_block({w: 0.1 * w for w in range(1, 41)}, preferred=16)[0] <= 2
+
+
+def test_sweeps_take_the_median_of_repeated_passes():
+    calls = []
+
+    def noisy(spec, cin, cout, spatial=None):  # a burst of load (x5) during widths 1..20 of pass 1
+        calls.append(cout)
+        return (1.0 + (-(-cout // 16))) * (5.0 if len(calls) <= 20 else 1.0)
+
+    spec = layer_specs(TwoConvNet().eval(), example())["b"]
+    times, spread = sweep_times(noisy, spec, None, "out", 32, depthwise=False, repeats=3)
+    assert len(calls) == 3 * 40 and calls[:40] == list(range(1, 41)) and calls[40:80] == list(range(40, 0, -1))
+    assert times == {w: 1.0 + (-(-w // 16)) for w in range(1, 41)}  # the load is voted out
+    assert spread > 1.0
+    assert discover_block(times) == (16, [])
+
+
 def test_table_measures_the_model_and_predicts_the_staircase(tmp_path):
     timer = FakeTimer()
     specs, table = build(tmp_path, timer)
     assert set(specs) == {"a", "b", "fc"}
     assert table.blocks["conv kxk/out"] == 8 and table.blocks["conv kxk/in"] <= 2
     assert timer.calls == table.measurements and not table.cached
+    evidence = table.evidence["conv kxk/out"]  # how the block was decided, kept in the table
+    assert evidence["block"] == 8 and evidence["repeats"] == 3 and "16" in evidence["agreement"]
     b = specs["b"]
     assert table.layer_ms(b, 32, 32) == pytest.approx(FakeTimer()(b, 32, 32))
     # 17..24 output channels cost what 24 costs: the runtime pads to the block
@@ -188,7 +224,9 @@ def test_correction_loop_lands_within_ten_percent(tmp_path):
     first, second = result.steps[:2]
     assert first.budget == pytest.approx(0.5)
     assert first.measured > 0.55  # too slow: the table is optimistic about narrow layers
-    assert second.budget <= 0.5 * 0.5 / first.measured + 1e-9  # so the budget went down
+    # so the refitted model selects a smaller model (the budget is now a fraction of the
+    # refitted model's dense cost, so it is the selection, not the number, that must drop)
+    assert second.macs < first.macs and second.channels <= first.channels
     assert result.result.plan.settings["target"] == "latency=0.5"
     assert result.result.plan.settings["latency"]["measured"] == pytest.approx(result.measured)
     out = result.model(*example())
@@ -249,3 +287,74 @@ def test_model_width_plot_measures_once_and_caches(tmp_path, monkeypatch):
     latency_table.model_width_plot(TwoConvNet().eval(), example(), tmp_path / "w2.png",
                                    cache_dir=tmp_path / "cache")  # fmt: skip
     assert timer.calls == calls  # second plot: cache hit
+
+
+# ----------------------------------------------------------------------------- latency model
+
+
+class FakeRuntime:
+    """A whole model on a stubbed runtime: its layers cost what ``FakeTimer`` says, plus
+    work between layers (``ACT`` ms per activation element the layers write) and a
+    per-run overhead, neither of which the layer table sees."""
+
+    ACT = 0.1
+    OVERHEAD = 40.0
+
+    def __init__(self, dense):
+        self.dense = dense
+        self.calls = 0
+
+    def ms(self, model) -> float:
+        specs = layer_specs(model, example()).values()
+        layers = sum(FakeTimer()(s, s.in_channels, s.out_channels) for s in specs)
+        return layers + self.ACT * sum(s.output_elements(s.out_channels) for s in specs) + self.OVERHEAD
+
+    def calibrate(self):
+        return self.ms(self.dense), self.OVERHEAD
+
+    def __call__(self, slim_model) -> float:
+        self.calls += 1
+        return self.ms(slim_model) / self.ms(self.dense)
+
+
+def test_calibrated_model_predicts_the_first_attempt(tmp_path):
+    model = TwoConvNet().eval()
+    runtime = FakeRuntime(model)
+    result = prune_to_latency(model, example(), 0.5, scorer="l1", measure=runtime, layer_timer=FakeTimer(),
+                              cache_dir=tmp_path, min_ratio=0.1)  # fmt: skip
+    first = result.steps[0]
+    assert abs(first.predicted / first.measured - 1) <= 0.03, (first.predicted, first.measured)
+    assert len(result.steps) == 1 and result.within_tolerance  # no correction needed
+    calibration = result.summary()["calibration"]
+    assert calibration["calibrated"] and calibration["act_ms_per_M"] == pytest.approx(FakeRuntime.ACT * 1e6, rel=0.05)
+    assert calibration["overhead_ms"] == FakeRuntime.OVERHEAD and calibration["scale"] == 1.0
+
+    # the table alone (a runtime without a dense timing) misses the activations' share
+    table_only = prune_to_latency(model, example(), 0.5, scorer="l1", measure=lambda m: runtime(m),
+                                  layer_timer=FakeTimer(), cache_dir=tmp_path, min_ratio=0.1)  # fmt: skip
+    first_table = table_only.steps[0]
+    assert abs(first_table.predicted / first_table.measured - 1) > 0.05
+
+
+def test_latency_model_calibration_and_refit():
+    # table 80 ms, 40 M activations, dense measured 100 ms, 4 ms overhead: 16 ms residual
+    model = LatencyModel.calibrate(80.0, 40.0, 100.0, 4.0)
+    assert model.calibrated and model.scale == 1.0 and model.act_ms == pytest.approx(0.4)
+    assert model.ms(80.0, 40.0) == pytest.approx(100.0)
+    assert model.fraction(40.0, 20.0) == pytest.approx((40 + 8 + 4) / 100)
+    # budget for the selector: (goal x 100 - 4) / 96 of its variable part
+    assert model.selector_budget(0.5) == pytest.approx(46 / 96)
+    # a pessimistic table (residual < 0) is scaled, not given negative activations
+    pessimistic = LatencyModel.calibrate(120.0, 40.0, 100.0, 4.0)
+    assert pessimistic.act_ms == 0.0 and pessimistic.scale == pytest.approx(96 / 120)
+    # the runtime is really 1.5 x table + 0.1 ms/M + 4: two slim measurements recover it
+    truth = lambda t, a: 1.5 * t + 0.1 * a + 4.0  # noqa: E731
+    model = LatencyModel.calibrate(80.0, 40.0, truth(80.0, 40.0), 4.0)
+    for t, a in ((40.0, 25.0), (20.0, 8.0)):
+        model.add(t, a, truth(t, a) / truth(80.0, 40.0))
+    assert model.scale == pytest.approx(1.5, rel=1e-6) and model.act_ms == pytest.approx(0.1, rel=1e-5)
+    # without a dense timing the model is the table alone until measurements come in
+    bare = LatencyModel.calibrate(80.0, 40.0, None)
+    assert not bare.calibrated and bare.fraction(40.0, 5.0) == pytest.approx(0.5)
+    bare.add(40.0, 30.0, 0.6)  # 0.6 x 80 = 0.6 x 40 + 0.8 x 30: scale 0.6, 0.8 ms/M
+    assert bare.fraction(40.0, 30.0) == pytest.approx(0.6) and bare.act_ms == pytest.approx(0.8)
