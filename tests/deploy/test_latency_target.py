@@ -14,8 +14,8 @@ from torch import nn
 
 from fxprune.api import analyze
 from fxprune.deploy import LatencyTarget, prune_to_latency
-from fxprune.deploy.latency_selection import LatencySelector
 from fxprune.deploy.latency_model import LatencyModel
+from fxprune.deploy.latency_selection import LatencySelector
 from fxprune.deploy.latency_table import (
     build_latency_table,
     discover_block,
@@ -348,7 +348,7 @@ def test_latency_model_calibration_and_refit():
     pessimistic = LatencyModel.calibrate(120.0, 40.0, 100.0, 4.0)
     assert pessimistic.act_ms == 0.0 and pessimistic.scale == pytest.approx(96 / 120)
     # the runtime is really 1.5 x table + 0.1 ms/M + 4: two slim measurements recover it
-    truth = lambda t, a: 1.5 * t + 0.1 * a + 4.0  # noqa: E731
+    truth = lambda t, a: 1.5 * t + 0.1 * a + 4.0
     model = LatencyModel.calibrate(80.0, 40.0, truth(80.0, 40.0), 4.0)
     for t, a in ((40.0, 25.0), (20.0, 8.0)):
         model.add(t, a, truth(t, a) / truth(80.0, 40.0))
