@@ -7,12 +7,22 @@ folder it replaces is renamed aside first and deleted last, so there is no momen
 an output. One permission policy: files ``0644``, folders ``0755`` (outputs are meant to be
 shared; ``mkstemp``/``mkdtemp`` alone would give ``0600``/``0700``).
 
-Safety of ``--force``. A folder is replaced only if fxprune wrote it: every entry in it is
-one of fxprune's own file names (``OWN_FILES``). Never the current folder or one that
-contains it, never a folder holding the model file, never a symbolic link. Everything about
-an output is checked by ``OutputFolder.prepare`` / ``check_output_file`` *before* any work
-(including a real write probe: ``/proc``, read-only mounts and paths under a file fail
-there, not after an hour of computing).
+Safety of ``--force``. A folder is replaced only if fxprune wrote it: it holds fxprune's
+marker ``.fxprune.json`` (kind, fxprune version, the files written) and nothing else than
+the files the marker lists, all of them fxprune's own names (``OWN_FILES``). A folder with
+the right file names but no marker (a user's, or one written before markers existed) is
+never replaced: ``meta.json`` or ``summary.json`` are common names. Never the current
+folder or one that contains it, never a folder holding the model file, never a symbolic
+link. Everything about an output is checked by ``OutputFolder.prepare`` /
+``check_output_file`` *before* any work (including a real write probe: ``/proc``,
+read-only mounts and paths under a file fail there, not after an hour of computing).
+
+Leftovers of a killed run. A folder is staged as ``.NAME.tmp-XXXX`` next to it (and an old
+one it replaces is set aside as ``.NAME.old-XXXX``); each holds a marker naming its owner
+(pid, host, start time). A SIGKILL leaves them behind; the next ``prepare`` of the same
+output removes those whose owner is gone (same host, no such process) or that are older
+than ``STALE_SECONDS`` (staging takes seconds), and only when they hold nothing but
+fxprune's own files. A set-aside old output whose replacement never arrived is put back.
 
 Reading. ``read_json``, ``read_meta``, ``read_slim`` fail with one line naming the file and
 what is wrong (missing, empty, corrupt JSON, truncated archive, a class that cannot be
@@ -37,7 +47,9 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +71,11 @@ OWN_FILES = frozenset({SLIM_FILE, META_FILE, PLAN_FILE, SUMMARY_FILE, HISTORY_FI
 
 META_FORMAT = "fxprune-slim"
 META_VERSION = 2
+
+MARKER_FILE = ".fxprune.json"  # in every output folder: {"format", "version", "kind", "files", ...}
+MARKER_FORMAT = "fxprune-output"
+MARKER_VERSION = 1
+STALE_SECONDS = 6 * 3600  # a staging folder older than this is a leftover, whoever made it
 
 
 # --- files -------------------------------------------------------------------------------
@@ -150,19 +167,105 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    """The marker of a folder fxprune made, or ``None`` (absent, unreadable, not ours)."""
+    try:
+        data = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else None
+
+
+def _write_marker(folder: Path, **fields: Any) -> None:
+    atomic_write_json(folder / MARKER_FILE, {"format": MARKER_FORMAT, "version": MARKER_VERSION,
+                                             **fields})
+
+
+def _owner() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "created": time.time()}
+
+
+def _owner_gone(marker: dict[str, Any]) -> bool:
+    """True when the process that made a staging folder cannot still be writing it."""
+    try:
+        if time.time() - float(marker["created"]) > STALE_SECONDS:
+            return True
+        if marker["host"] != socket.gethostname():
+            return False  # another machine's process: only its age tells
+        os.kill(int(marker["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (KeyError, TypeError, ValueError, OSError):  # alive but not ours, or a bad marker
+        return False
+    return False
+
+
+def _is_own_file(name: str) -> bool:
+    """One of fxprune's names, or a temporary ``atomic_path`` makes for one."""
+    if name in OWN_FILES or name == MARKER_FILE:
+        return True
+    return name.startswith(".") and ".tmp" in name and any(
+        name.startswith(f".{Path(own).stem}.") for own in (*OWN_FILES, MARKER_FILE))
+
+
+def clean_leftovers(path: str | os.PathLike) -> list[str]:
+    """Remove the staging folders of ``path`` left by killed runs (see the module text); put
+    back an old output a killed run had set aside. Returns one description per leftover
+    handled; never fails (a leftover that cannot be handled is left alone)."""
+    path = Path(os.path.abspath(path))
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return []
+    done = []
+    for entry in siblings:
+        kind = next((k for k in ("tmp", "old") if entry.name.startswith(f".{path.name}.{k}-")), None)
+        if kind is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        marker = _read_marker(entry)
+        try:
+            names = {item.name for item in entry.iterdir()}
+            if marker is None:  # an older release's staging folder: no owner, judged by age
+                if kind != "tmp" or time.time() - entry.stat().st_mtime <= STALE_SECONDS:
+                    continue
+                marker = {"state": "staging", "created": entry.stat().st_mtime}
+            if not _owner_gone(marker):
+                continue
+            if kind == "tmp" and marker.get("state") in ("staging", "complete") and all(
+                    map(_is_own_file, names)):
+                shutil.rmtree(entry)
+                done.append(f"removed {entry.name}, left by an interrupted run")
+            elif kind == "old" and marker.get("state") == "aside" and names <= {MARKER_FILE, path.name}:
+                kept = entry / path.name
+                if kept.is_dir() and not path.exists() and _read_marker(kept) is not None:
+                    os.replace(kept, path)  # its replacement never arrived: put it back
+                    done.append(f"restored {path.name} from {entry.name}, left by an interrupted run")
+                else:
+                    done.append(f"removed {entry.name}, left by an interrupted run")
+                shutil.rmtree(entry)
+        except OSError:
+            continue
+    return done
+
+
 @dataclass(frozen=True)
 class OutputFolder:
     """An output folder checked before any work and filled atomically::
 
-        folder = OutputFolder.prepare(out, force=force, protect=[model_file])  # fails early
+        folder = OutputFolder.prepare(out, force=force, protect=[model_file], kind="prune")
         ...                                              # the long computation
         with folder.staging() as tmp:                    # a temporary sibling, 0755
             write_slim(tmp, ...)                         # fill it
-        # now renamed into place; a replaced old folder was deleted only after that
+        # now renamed into place with its marker; a replaced old folder was deleted only after
+
+    ``cleaned``: what ``prepare`` did about leftovers of killed runs (``clean_leftovers``).
     """
 
     path: Path
     option: str = "--out"
+    kind: str = "output"
+    fxprune_version: str = ""
+    cleaned: tuple[str, ...] = ()
 
     @classmethod
     def prepare(
@@ -172,16 +275,21 @@ class OutputFolder:
         force: bool = False,
         protect: Iterable[str | os.PathLike] = (),
         option: str = "--out",
+        kind: str = "output",
+        fxprune_version: str = "",
     ) -> OutputFolder:
+        """``kind`` (``"prune"``, ``"train-prune"``) and ``fxprune_version`` go into the
+        marker (this layer does not import the package that knows the version)."""
         path = Path(os.path.abspath(out))
-        folder = cls(path, option)
+        folder = cls(path, option, kind, fxprune_version, tuple(clean_leftovers(path)))
         folder.check_replaceable(force, protect)
         check_writable(path.parent, option)
         return folder
 
     def check_replaceable(self, force: bool, protect: Iterable[str | os.PathLike] = ()) -> None:
         """Refuse (one line) anything but a new folder, an empty one, or, with ``force``,
-        one fxprune wrote that contains neither the current folder nor a protected file."""
+        one fxprune wrote (marker, nothing unlisted) that contains neither the current
+        folder nor a protected file."""
         path, option = self.path, self.option
         if path.is_symlink():
             raise OutputError(f"{option} {path} is a symbolic link; give the real folder")
@@ -199,7 +307,18 @@ class OutputFolder:
         entries = sorted(entry.name for entry in path.iterdir())
         if not entries:
             return
-        foreign = [name for name in entries if name not in OWN_FILES or (path / name).is_dir()]
+        marker = _read_marker(path)
+        if (marker is None or marker.get("state") != "complete") and all(
+                name in OWN_FILES or name == MARKER_FILE for name in entries):
+            what = "a damaged marker" if MARKER_FILE in entries else f"no marker {MARKER_FILE}"
+            raise OutputError(
+                f"{option} {path} has fxprune's file names but {what}, so it may be yours (or "
+                "written by an fxprune without markers); it is never replaced: delete it "
+                "yourself or choose a new folder")
+        # without a marker (refused either way) the names that are not fxprune's are shown
+        listed = set(marker.get("files", ())) if marker else OWN_FILES
+        foreign = [name for name in entries if name != MARKER_FILE and (
+            name not in listed or name not in OWN_FILES or (path / name).is_dir())]
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise OutputError(
@@ -211,7 +330,8 @@ class OutputFolder:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A temporary sibling to fill; renamed onto ``path`` when the block ends normally."""
+        """A temporary sibling to fill; on a normal end it gets its marker (kind, version, the
+        files written) and is renamed onto ``path``."""
         path = self.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +340,12 @@ class OutputFolder:
             raise OutputError(f"{self.option} {path}: cannot create it ({_os_reason(exc)})") from None
         try:
             os.chmod(temporary, DIR_MODE)
+            owner = _owner()  # kept in the final marker: a kill while renaming leaves it here
+            _write_marker(temporary, state="staging", **owner)
             yield temporary
+            files = sorted(item.name for item in temporary.iterdir() if item.name != MARKER_FILE)
+            _write_marker(temporary, state="complete", kind=self.kind,
+                          fxprune_version=self.fxprune_version, files=files, **owner)
             self._commit(temporary)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -232,6 +357,7 @@ class OutputFolder:
             return
         self.check_replaceable(force=True)  # still ours? (it may have changed meanwhile)
         aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        _write_marker(aside, state="aside", **_owner())
         os.replace(path, aside / path.name)
         try:
             os.replace(temporary, path)
@@ -422,6 +548,7 @@ def read_slim(directory: str | os.PathLike) -> tuple[Any, tuple, dict[str, Any]]
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
+    "MARKER_FILE",
     "META_FILE",
     "OWN_FILES",
     "PLAN_FILE",
@@ -434,6 +561,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_file",
     "check_writable",
+    "clean_leftovers",
     "describe_output",
     "input_names",
     "output_names",

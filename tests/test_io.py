@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -51,9 +56,11 @@ def test_folder_is_0755_and_the_old_one_stays_until_the_new_one_is_in(tmp_path):
 
 def test_force_replaces_only_fxprune_folders(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    with io.OutputFolder.prepare(out, kind="prune", fxprune_version="9.9").staging() as tmp:
+        (tmp / io.META_FILE).write_text("{}")
+    marker = json.loads((out / io.MARKER_FILE).read_text())
+    assert (marker["kind"], marker["fxprune_version"], marker["files"]) == ("prune", "9.9", ["meta.json"])
     with pytest.raises(OutputError, match="--force"):  # ours, but not forced
-        (out / io.META_FILE).write_text("{}")
         io.OutputFolder.prepare(out)
     io.OutputFolder.prepare(out, force=True)
     (out / "train.py").write_text("user code")
@@ -70,6 +77,29 @@ def test_force_replaces_only_fxprune_folders(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     io.OutputFolder.prepare(empty)  # an empty folder holds nothing to lose
+
+
+@pytest.mark.parametrize("marker", [None, "{not json", '{"format": "fxprune-output", "state": "staging"}'])
+def test_fxprune_names_without_a_valid_marker_are_never_replaced(marker, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / io.META_FILE).write_text('{"mine": true}')
+    (out / io.SLIM_FILE).write_bytes(b"my weights")
+    if marker is not None:
+        (out / io.MARKER_FILE).write_text(marker)
+    with pytest.raises(OutputError, match="never replaced") as info:
+        io.OutputFolder.prepare(out, force=True)
+    assert "marker" in str(info.value)
+    assert (out / io.SLIM_FILE).read_bytes() == b"my weights"
+
+
+def test_marker_vouches_only_for_fxprune_names_it_lists(tmp_path):
+    out = tmp_path / "out"
+    with io.OutputFolder.prepare(out).staging() as tmp:
+        (tmp / io.PLAN_FILE).write_text("{}")
+    (out / io.SUMMARY_FILE).write_text("{}")  # an own name the marker does not list
+    with pytest.raises(OutputError, match=r"did not write \(summary.json\)"):
+        io.OutputFolder.prepare(out, force=True)
 
 
 def test_writability_is_probed(tmp_path):
@@ -167,3 +197,91 @@ def test_input_spec_round_trip():
     assert (spec.shape, spec.dtype, spec.low, spec.high) == ((2, 40), "int32", 5, 9)
     assert InputSpec.from_dict(spec.to_dict()) == spec
     assert os.fspath(io.META_FILE) == "meta.json"
+
+
+# --- leftovers of a killed run (kill -9) ---------------------------------------------------
+
+STAGE_THEN_WAIT = """
+import sys, time
+from fxprune import io
+with io.OutputFolder.prepare(sys.argv[1], force=True).staging() as tmp:
+    (tmp / io.PLAN_FILE).write_text("half written")
+    print("staged", flush=True)
+    time.sleep(600)
+"""
+
+KILLED_WHILE_SWAPPING = """
+import os, signal, sys
+from fxprune import io
+rename = os.replace
+def replace(source, target):  # SIGKILL right after the old output was set aside
+    rename(source, target)
+    if ".old-" in str(target) and os.path.basename(target) == os.path.basename(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+with io.OutputFolder.prepare(sys.argv[1], force=True).staging() as tmp:
+    (tmp / io.PLAN_FILE).write_text("new")
+"""
+
+
+def _run_and_kill(code: str, out, wait_for: str | None = None) -> int:
+    process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                               text=True)
+    if wait_for is not None:
+        assert process.stdout.readline().strip() == wait_for
+        os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    process.stdout.close()
+    return process.pid
+
+
+def _own_leftover(parent, name, pid, files, **marker):
+    folder = parent / name
+    folder.mkdir()
+    for file_name in files:
+        (folder / file_name).write_text("x")
+    (folder / io.MARKER_FILE).write_text(json.dumps({
+        "format": "fxprune-output", "state": "staging", "pid": pid,
+        "host": socket.gethostname(), "created": time.time(), **marker}))
+    return folder
+
+
+def test_staging_left_by_kill_9_is_removed_by_the_next_run_and_nothing_else(tmp_path):
+    out = tmp_path / "out"
+    dead = _run_and_kill(STAGE_THEN_WAIT, out, wait_for="staged")
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".out.tmp-") and (left / io.PLAN_FILE).read_text() == "half written"
+    # look-alikes that are not a dead fxprune's staging folder stay untouched:
+    user = tmp_path / ".out.tmp-user"  # no marker, recent
+    user.mkdir()
+    (user / io.PLAN_FILE).write_text("x")
+    keep = [user,
+            _own_leftover(tmp_path, ".out.tmp-notes", dead, ["notes.txt"]),  # a file not ours
+            _own_leftover(tmp_path, ".out.tmp-alive", os.getpid(), [io.PLAN_FILE]),  # running
+            _own_leftover(tmp_path, ".out.tmp-far", dead, [io.PLAN_FILE], host="elsewhere"),
+            _own_leftover(tmp_path, ".other.tmp-x", dead, [io.PLAN_FILE])]  # another output
+    old = tmp_path / ".out.tmp-legacy"  # an older release's leftover: no marker, a day old
+    old.mkdir()
+    (old / io.SLIM_FILE).write_text("x")
+    os.utime(old, (time.time() - 86400, time.time() - 86400))
+
+    folder = io.OutputFolder.prepare(out)
+    assert sorted(folder.cleaned) == sorted(f"removed {name}, left by an interrupted run"
+                                            for name in (left.name, old.name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)
+    with folder.staging() as tmp:
+        (tmp / io.PLAN_FILE).write_text("complete")
+    assert (out / io.PLAN_FILE).read_text() == "complete"
+
+
+def test_kill_9_between_setting_aside_and_renaming_in_puts_the_old_output_back(tmp_path):
+    out = tmp_path / "out"
+    with io.OutputFolder.prepare(out).staging() as tmp:
+        (tmp / io.PLAN_FILE).write_text("old")
+    _run_and_kill(KILLED_WHILE_SWAPPING, out)
+    assert not out.exists()  # killed with no output in place
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == [".out.old", ".out.tmp"]
+    folder = io.OutputFolder.prepare(out, force=True)
+    assert sorted(line.split()[0] for line in folder.cleaned) == ["removed", "restored"]
+    assert (out / io.PLAN_FILE).read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -248,6 +248,18 @@ def protected_paths(model: str) -> list[Path]:
     return [path] if path is not None else []
 
 
+def output_folder(out: Path, force: bool, model: str, kind: str) -> Any:
+    """``--out`` checked before any work (``io.OutputFolder``), its marker saying ``kind``
+    and this version; says what it did about leftovers of killed runs."""
+    from fxprune import __version__, io
+
+    folder = io.OutputFolder.prepare(out, force=force, protect=protected_paths(model),
+                                     kind=kind, fxprune_version=__version__)
+    for line in folder.cleaned:
+        progress_line(line)
+    return folder
+
+
 def stderr_console() -> Any:
     from rich.console import Console
 
@@ -293,6 +305,7 @@ __all__ = [
     "error_line",
     "help_choices",
     "load",
+    "output_folder",
     "progress_line",
     "protected_paths",
     "resolve_leaves",

@@ -23,8 +23,8 @@ from fxprune.cli.common import (
     check_choice,
     command,
     load,
+    output_folder,
     progress_line,
-    protected_paths,
     resolve_leaves,
     set_threads,
     stage,
@@ -137,7 +137,7 @@ def prune_command(
     latency = _latency_target(target)
     folder = None
     if out is not None:
-        folder = io.OutputFolder.prepare(out, force=force, protect=protected_paths(model))
+        folder = output_folder(out, force, model, "prune")
     network, inputs, specs = load(model, input_shape)
     if any(p.is_meta for p in network.parameters()):  # analysable, but nothing to score or run
         raise ModelLoadError(f"{model}: the model is on the meta device (no weights): 'fxprune "

@@ -24,7 +24,7 @@ from fxprune.cli.common import (
     ThreadsOpt,
     check_choice,
     command,
-    protected_paths,
+    output_folder,
     set_threads,
 )
 from fxprune.errors import ConfigError, DataError
@@ -119,7 +119,7 @@ def train_prune_command(
     check_tradeoff(gamma, beta, alpha)
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ConfigError("--epochs and --batch-size must be >= 1 and --lr > 0")
-    folder = io.OutputFolder.prepare(out, force=force, protect=protected_paths(model))
+    folder = output_folder(out, force, model, "train-prune")
     dataset = load_data(data, data_dir, seed)
     network, example_inputs = load_model(
         model, input_shape=dataset.input_shape, num_classes=dataset.num_classes

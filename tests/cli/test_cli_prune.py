@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -77,7 +78,14 @@ def test_prune_writes_loadable_folder(model_file, tmp_path):
     r = run("prune", model_file, "--ratio", "0.5", "--min-ratio", "0.2", "--out", out)
     assert r.exit_code == 0, r.output
     assert "equivalence: ok" in r.output
-    assert {p.name for p in out.iterdir()} == {"slim.pt", "meta.json", "plan.json", "summary.json"}
+    assert {p.name for p in out.iterdir()} == {"slim.pt", "meta.json", "plan.json", "summary.json",
+                                               ".fxprune.json"}
+    marker = json.loads((out / ".fxprune.json").read_text())
+    assert {key: marker[key] for key in ("format", "version", "state", "kind", "fxprune_version",
+                                         "files", "host")} == {
+        "format": "fxprune-output", "version": 1, "state": "complete", "kind": "prune",
+        "fxprune_version": fxprune.__version__, "host": socket.gethostname(),
+        "files": ["meta.json", "plan.json", "slim.pt", "summary.json"]}
     model, inputs = fxprune.load_slim(out)
     assert model(inputs[0]).shape == (2, 4)
     # loadable by torch alone, in a fresh interpreter without fxprune or the model file
@@ -168,6 +176,27 @@ def test_force_never_replaces_a_folder_with_foreign_files(model_file, tmp_path):
     assert inside.is_file()
 
 
+def test_force_never_replaces_a_folder_with_fxprune_names_but_no_marker(model_file, tmp_path):
+    """A user's folder that happens to hold meta.json and summary.json (common names), or a
+    copy of an output without its marker, is not fxprune's to delete."""
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "meta.json").write_text('{"experiment": 7}')
+    (out / "summary.json").write_text('{"accuracy": 0.93}')
+    r = run("prune", model_file, "--ratio", "0.5", "--out", out, "--force")
+    one_line_error(r, "no marker .fxprune.json")
+    assert (out / "meta.json").read_text() == '{"experiment": 7}'
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "summary.json"]
+    # an output whose marker was edited to claim a user's file: the file still blocks it
+    own = tmp_path / "own"
+    assert run("prune", model_file, "--ratio", "0.5", "--out", own).exit_code == 0
+    marker = json.loads((own / ".fxprune.json").read_text())
+    (own / "train.py").write_text("user code")
+    (own / ".fxprune.json").write_text(json.dumps({**marker, "files": [*marker["files"], "train.py"]}))
+    one_line_error(run("prune", model_file, "--out", own, "--force"), "train.py")
+    assert (own / "train.py").read_text() == "user code"
+
+
 def test_force_never_replaces_the_current_folder(model_file, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
@@ -222,7 +251,8 @@ def test_output_permissions_are_0644_and_0755(model_file, tmp_path):
     assert run("prune", model_file, "--ratio", "0.5", "--out", out).exit_code == 0
     assert out.stat().st_mode & 0o777 == 0o755
     assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
-        "slim.pt": 0o644, "meta.json": 0o644, "plan.json": 0o644, "summary.json": 0o644}
+        "slim.pt": 0o644, "meta.json": 0o644, "plan.json": 0o644, "summary.json": 0o644,
+        ".fxprune.json": 0o644}
     report = tmp_path / "inspect.json"
     assert run("inspect", model_file, "--json", report).exit_code == 0
     assert report.stat().st_mode & 0o777 == 0o644

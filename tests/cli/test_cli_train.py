@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 from typer.testing import CliRunner
@@ -45,7 +46,10 @@ def test_train_prune_output_is_0755_0644_and_foreign_folders_survive(tmp_path):
     assert out.stat().st_mode & 0o777 == 0o755
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes == {name: 0o644 for name in (
-        "slim.pt", "meta.json", "plan.json", "history.json", "train_prune.png")}
+        "slim.pt", "meta.json", "plan.json", "history.json", "train_prune.png", ".fxprune.json")}
+    marker = json.loads((out / ".fxprune.json").read_text())
+    assert marker["kind"] == "train-prune" and marker["files"] == sorted(
+        ["slim.pt", "meta.json", "plan.json", "history.json", "train_prune.png"])
     slim, (x,) = fxprune.load_slim(out)
     assert slim(x).shape == (1, 4)  # synthetic data has 4 classes
     mine = tmp_path / "mine"
