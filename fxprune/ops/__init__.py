@@ -15,7 +15,7 @@ group ops by family: ``layers`` (conv, linear, norms), ``elementwise`` (activati
 pooling, padding), ``layout`` (views, permutes, cat/split, indexing), ``reductions``.
 """
 
-from . import attention, elementwise, extra, layers, layout, reductions, rope, shapes  # noqa: F401  (fills the registries)
+from . import attention, elementwise, extra, layers, layout, reductions, rope, shapes, swin  # noqa: F401  (fills the registries)
 from .registry import (
     FUNCTION_RULES,
     METHOD_RULES,
