@@ -72,6 +72,9 @@ class CaseResult:
     table_seconds: float = 0.0
     table_cached: bool = False
     iterations: int = 0
+    predicted_first: float = 0.0  # the latency model's prediction for fxprune's first attempt
+    measured_first: float = 0.0  # ... and what that attempt measured (both slim / dense)
+    calibration: str = ""
     prune_seconds: float = 0.0  # all of prune_to_latency
     blocks: str = ""
     fx_widths: str = ""
@@ -148,6 +151,11 @@ def run_case(case: str, args, timing, workdir: Path, log) -> CaseResult:
     result.prune_seconds = time.perf_counter() - started
     result.table_seconds, result.table_cached = fx.table_seconds, fx.table_cached
     result.iterations, result.fx_fraction_loop = len(fx.steps), fx.measured
+    result.predicted_first, result.measured_first = fx.steps[0].predicted, fx.steps[0].measured
+    cal = fx.calibration
+    result.calibration = (f"dense {cal['dense_ms']:.1f} ms vs table {cal['table_dense_ms']:.1f} ms, overhead "
+                          f"{cal['overhead_ms']:.2f} ms, final fit table x{cal['scale']:.2f} + "
+                          f"{cal['act_ms_per_M']:.3f} ms/M activations")  # fmt: skip
     result.blocks = ", ".join(f"{k} {v}" for k, v in sorted(fx.blocks.items()))
     result.macs_fx = count_macs(fx.model, (x[:1],))
     result.fx_widths = widths(fx.model)
@@ -167,15 +175,16 @@ def render(results: list[CaseResult], args):
                         f"median ms (interleaved)", title_justify="left")  # fmt: skip
     for header in ("case", "batch", "TP ratio", "target f", "dense ms", "TP ms", "fx ms",
                    "fx/TP latency", "MACs dense", "MACs TP", "MACs fx", "fx/TP MACs",
-                   "fx vs target", "table s", "tries", "goal"):  # fmt: skip
+                   "fx vs target", "1st pred/meas", "table s", "tries", "goal"):  # fmt: skip
         table.add_column(header, justify="left" if header == "case" else "right")
     for r in results:
         if r.error:
-            table.add_row(r.case, str(r.batch), f"{r.ratio:g}", f"failed: {r.error}", *[""] * 12)
+            table.add_row(r.case, str(r.batch), f"{r.ratio:g}", f"failed: {r.error}", *[""] * 13)
             continue
         table.add_row(r.case, str(r.batch), f"{r.ratio:g}", f"{r.tp_fraction:.3f}", f"{r.dense_ms:.1f}",
                       f"{r.tp_ms:.1f}", f"{r.fx_ms:.1f}", f"{r.latency_vs_tp:.2f}×", count(r.macs_dense),
                       count(r.macs_tp), count(r.macs_fx), f"{r.macs_vs_tp:.2f}×", f"{100 * r.target_error:+.0f}%",
+                      f"{r.predicted_first:.3f}/{r.measured_first:.3f}",
                       f"{r.table_seconds:.0f}" + (" (cached)" if r.table_cached else ""), str(r.iterations),
                       "[green]met[/]" if r.met else "[red]missed[/]")  # fmt: skip
     return table
@@ -216,7 +225,7 @@ def main(argv=None) -> int:
         if not r.error:
             console.print(f"  {r.case}: fxprune widths: {r.fx_widths}; Torch-Pruning: {r.tp_widths}; "
                           f"blocks {r.blocks}; prune_to_latency {r.prune_seconds:.0f} s, its own final "
-                          f"measurement {r.fx_fraction_loop:.3f} of dense")  # fmt: skip
+                          f"measurement {r.fx_fraction_loop:.3f} of dense; latency model: {r.calibration}")  # fmt: skip
     met = sum(r.met for r in results if not r.error)
     console.print(f"Goal: fxprune latency <= {GOAL_LATENCY}× Torch-Pruning's with MACs >= {GOAL_MACS}× theirs: "
                   f"met on {met}/{len(results)} cases")  # fmt: skip

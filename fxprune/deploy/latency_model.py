@@ -10,13 +10,20 @@ latency in milliseconds at widths ``w`` is modelled as
 
 * ``T(w)``: the table's sum over conv/linear layers at their kept widths;
 * ``A(w)``: the elements those layers write, in millions (``N * C_out * H_out * W_out``);
-* ``overhead``: one ``session.run`` of a trivial model on the same input.
+* ``overhead``: per run, outside the kernels.
 
-**Calibration** from one timing ``D`` of the dense model: the residual
-``D - overhead - T(dense)``, when positive, is attributed to the activations
-(``act_ms = residual / A(dense)``, ``scale = 1``); when the table is pessimistic (a
-negative residual) the table is scaled instead (``scale = (D - overhead) / T(dense)``).
-Without a dense timing (a stubbed runtime) the model is the table alone.
+**Calibration** from one profiled run set of the dense model (onnxruntime's per-node
+profiler, ``layer_profile.op_breakdown``): its time splits into conv/linear kernels,
+the other kernels (the work between layers) and the time outside kernels (per run).
+Each share of the dense model's time ``D`` is given to its term: ``scale`` makes the
+table's dense sum the layers' share, ``act_ms`` makes the dense activations the other
+kernels' share, ``overhead`` is the rest. A profile's *shares* hold under load that
+inflates every kernel alike; a residual ``D - T(dense)`` does not (on a loaded shared
+machine the dense run took 7.6x the table's sum of least-disturbed layer timings, a gap
+that is load, not activations). Without a profile, the residual is attributed as the
+brief for this model says: to the activations (``scale = 1``) when positive, to the
+table's scale when negative. Without a dense timing at all (a stubbed runtime) the model
+is the table alone.
 
 **Refit**: every slim model measured adds a point (its measured fraction times ``D``);
 ``(scale, act_ms)`` are refitted by non-negative least squares on the relative error
@@ -30,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+PRIOR_WEIGHT = 0.01  # pull of the calibrated split in a refit, against each point's relative error
 
 
 @dataclass
@@ -46,17 +55,25 @@ class LatencyModel:
     points: list[tuple[float, float, float]] = field(default_factory=list)  # (T, A, measured ms)
 
     @classmethod
-    def calibrate(cls, table_dense: float, acts_dense: float, dense_ms: float | None,
-                  overhead: float = 0.0) -> LatencyModel:  # fmt: skip
-        """Attribute the dense model's residual over the table (see module doc)."""
+    def calibrate(cls, table_dense: float, acts_dense: float, dense_ms: float | None = None,
+                  overhead: float = 0.0, layer_share: float | None = None,
+                  activation_share: float | None = None) -> LatencyModel:  # fmt: skip
+        """The model from the dense model's timing ``dense_ms`` and, when profiled, the
+        shares of it in conv/linear kernels and in the other kernels (see module doc)."""
         if dense_ms is None or dense_ms <= 0 or table_dense <= 0:
             return cls(table_dense, acts_dense, table_dense)
-        overhead = min(max(overhead, 0.0), 0.5 * dense_ms)
-        residual = dense_ms - overhead - table_dense
-        if residual >= 0 and acts_dense > 0:
-            model = cls(table_dense, acts_dense, dense_ms, overhead, 1.0, residual / acts_dense, True)
+        if layer_share is not None and activation_share is not None and layer_share > 0:
+            act_ms = dense_ms * activation_share / acts_dense if acts_dense > 0 else 0.0
+            rest = max(0.0, 1.0 - layer_share - (activation_share if acts_dense > 0 else 0.0))
+            model = cls(table_dense, acts_dense, dense_ms, dense_ms * rest, dense_ms * layer_share / table_dense,
+                        act_ms, True)  # fmt: skip
         else:
-            model = cls(table_dense, acts_dense, dense_ms, overhead, (dense_ms - overhead) / table_dense, 0.0, True)
+            overhead = min(max(overhead, 0.0), 0.5 * dense_ms)
+            residual = dense_ms - overhead - table_dense
+            if residual >= 0 and acts_dense > 0:
+                model = cls(table_dense, acts_dense, dense_ms, overhead, 1.0, residual / acts_dense, True)
+            else:
+                model = cls(table_dense, acts_dense, dense_ms, overhead, (dense_ms - overhead) / table_dense, 0.0, True)
         model.points.append((table_dense, acts_dense, dense_ms))
         return model
 
@@ -84,19 +101,29 @@ class LatencyModel:
         self.refit()
 
     def refit(self) -> None:
+        """Non-negative least squares on the relative errors of all points, with a weak
+        pull (``PRIOR_WEIGHT``) towards the calibrated split: along one pruning path the
+        table and the activations shrink almost together, and two points alone would let
+        one term take all (a fit of "table x 0.02 + all activations" was seen)."""
         from scipy.optimize import nnls
 
         if len(self.points) < 2:
             return
-        rows = np.array([[t, a] for t, a, _ in self.points], dtype=np.float64)
-        ys = np.array([y for _, _, y in self.points], dtype=np.float64)
-        weights = 1.0 / np.maximum(ys, 1e-9)  # relative error: a slim model counts like dense
-        scale_cols = np.maximum(np.abs(rows).max(axis=0), 1e-12)  # columns of comparable size
-        solution, _ = nnls((rows * weights[:, None]) / scale_cols, (ys - self.overhead) * weights)
-        scale, act_ms = solution / scale_cols
-        if scale <= 0 and act_ms <= 0:
+        dense_t, dense_a, dense_y = self.points[0]
+        # unknowns: the layers' and the activations' shares of dense (x1, x2)
+        rows, targets = [], []
+        for t, a, y in self.points:
+            rows.append([t / dense_t * dense_y / y, (a / dense_a if dense_a else 0.0) * dense_y / y])
+            targets.append((y - self.overhead) / y)
+        prior = [self.scale * dense_t / dense_y, self.act_ms * dense_a / dense_y]
+        weight = PRIOR_WEIGHT ** 0.5
+        rows += [[weight, 0.0], [0.0, weight]]
+        targets += [weight * prior[0], weight * prior[1]]
+        (layers, activations), _ = nnls(np.array(rows), np.array(targets))
+        if layers <= 0 and activations <= 0:
             return
-        self.scale, self.act_ms = float(scale), float(act_ms)
+        self.scale = float(layers * dense_y / dense_t)
+        self.act_ms = float(activations * dense_y / dense_a) if dense_a else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"dense_ms": round(self.dense_ms, 3), "table_dense_ms": round(self.table_dense, 3),
@@ -105,29 +132,17 @@ class LatencyModel:
                 "calibrated": self.calibrated, "points": len(self.points)}  # fmt: skip
 
 
-def overhead_ms(input_shape: tuple[int, ...], providers: list[str], threads: int | None, runs: int = 30) -> float:
-    """Median ``session.run`` time (ms) of a one-Relu model on an input of ``input_shape``:
-    the per-run cost (feed copy, dispatch) that no width change removes."""
-    import time
-
-    from onnx import TensorProto, helper
-
-    from .runtime import open_session
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead", [x], [y])
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx_model.ir_version = 8
-    session = open_session(onnx_model.SerializeToString(), providers, threads)
-    feed = {"x": np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
-    session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        tick = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - tick) * 1e3)
-    return float(np.median(times))
+LAYER_KERNELS = ("conv", "depthwise", "grouped", "gemm")  # op_breakdown categories the table times
 
 
-__all__ = ["LatencyModel", "overhead_ms"]
+def profile_shares(breakdown) -> dict[str, float]:
+    """``calibrate``'s keywords from a dense ``layer_profile.OpBreakdown``: its run time
+    and the shares of it in conv/linear kernels, in other kernels, and outside kernels."""
+    layers = sum(c["ms"] for k, c in breakdown.by_category.items() if k.startswith(LAYER_KERNELS))
+    others = breakdown.kernel_ms - layers
+    total = max(breakdown.kernel_ms + breakdown.gap_ms, 1e-9)
+    return {"dense_ms": breakdown.run_ms, "overhead": breakdown.gap_ms,
+            "layer_share": layers / total, "activation_share": others / total}  # fmt: skip
+
+
+__all__ = ["LAYER_KERNELS", "LatencyModel", "profile_shares"]

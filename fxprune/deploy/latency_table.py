@@ -177,7 +177,7 @@ class Timer:
     """Times one-layer models on one runtime: min over runs (>= ``min_runs``, >= ``min_seconds``)."""
 
     def __init__(self, providers: list[str], threads: int | None, min_runs: int = 10,
-                 min_seconds: float = 0.05, max_runs: int = 40):  # fmt: skip
+                 min_seconds: float = 0.02, max_runs: int = 40):  # fmt: skip
         self.providers, self.threads = providers, threads
         self.min_runs, self.min_seconds, self.max_runs = min_runs, min_seconds, max_runs
 

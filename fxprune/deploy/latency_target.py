@@ -44,13 +44,13 @@ from fxprune.surgery import slim
 from fxprune.trace import as_input_tuple
 
 from .export import export_onnx
-from .latency_model import LatencyModel, overhead_ms
+from .latency_model import LatencyModel, profile_shares
 from .latency_selection import LatencySelector
 from .latency_table import build_latency_table, layer_specs
 from .profiling import Progress, Timing, profile_many
 
 # measures a slim GraphModule -> slim latency / dense latency; may also have
-# ``calibrate() -> (dense ms, per-run overhead ms)`` (the ONNX Runtime one does)
+# ``calibrate() -> LatencyModel.calibrate keywords`` (the ONNX Runtime one profiles dense)
 Measure = Callable[[Any], float]
 
 
@@ -241,12 +241,12 @@ def search(graph, inputs, scores, target: LatencyTarget, *, min_ratio: float, ro
     with tempfile.TemporaryDirectory(prefix="fxprune-latency-") as workdir:
         measure = measure or _OnnxMeasure(graph.gm, inputs, target, threads, Path(workdir), progress)
         table_dense, acts_dense = selector.features(selector.dense_widths())
-        dense_ms, overhead = measure.calibrate() if hasattr(measure, "calibrate") else (None, 0.0)
-        model = LatencyModel.calibrate(table_dense, acts_dense, dense_ms, overhead)
+        measured = measure.calibrate() if hasattr(measure, "calibrate") else {}
+        model = LatencyModel.calibrate(table_dense, acts_dense, **measured)
         if model.calibrated:
-            say(f"latency model: dense {dense_ms:.2f} ms measured, {table_dense:.2f} ms in the layer table, "
-                f"overhead {model.overhead:.3f} ms, table x{model.scale:.2f} + {model.act_ms:.4f} ms per "
-                f"M activations ({acts_dense:.1f} M)")  # fmt: skip
+            say(f"latency model: dense {model.dense_ms:.2f} ms measured, {table_dense:.2f} ms in the layer "
+                f"table; model: table x{model.scale:.2f} + {model.act_ms:.4f} ms per M activations "
+                f"({acts_dense:.1f} M) + {model.overhead:.3f} ms per run")  # fmt: skip
         steps, keeps = _correct(selector, graph, inputs, target, measure, say, model)
     return steps, keeps, table, model
 
@@ -292,8 +292,8 @@ def _correct(selector: LatencySelector, graph, inputs, target: LatencyTarget, me
 
 
 class _OnnxMeasure:
-    """Exports dense once; ``calibrate()`` times it alone (and the per-run overhead), each
-    call exports the slim model and times both interleaved."""
+    """Exports dense once; ``calibrate()`` profiles it, each call exports the slim model
+    and times both interleaved."""
 
     def __init__(self, dense_gm, inputs, target: LatencyTarget, threads: int, workdir: Path, progress):
         self.inputs, self.target, self.threads, self.workdir, self.progress = inputs, target, threads, workdir, progress
@@ -302,13 +302,19 @@ class _OnnxMeasure:
         self.batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
         self.timing = Timing(warmup=2, min_runs=10, min_seconds=1.0, max_seconds=target.timing_seconds)
 
-    def calibrate(self) -> tuple[float, float]:
-        from .runtime import resolve_providers
+    def calibrate(self) -> dict[str, float]:
+        """The dense model profiled node by node (5 runs): its time and the shares of it
+        in conv/linear kernels, other kernels and outside kernels."""
+        from .layer_profile import op_breakdown
+        from .runtime import CPU, resolve_providers
 
-        stats = profile_many({"dense": self.dense_path}, (self.batch,), threads=self.threads,
-                             provider=self.target.provider, timing=self.timing, progress=self.progress)  # fmt: skip
-        shape = tuple(int(s) for s in self.inputs[0].shape)
-        return stats["dense"][0].median_ms, overhead_ms(shape, resolve_providers(self.target.provider), self.threads)
+        if resolve_providers(self.target.provider)[0] != CPU:  # the node profile is read for CPU only
+            stats = profile_many({"dense": self.dense_path}, (self.batch,), threads=self.threads,
+                                 provider=self.target.provider, timing=self.timing, progress=self.progress)  # fmt: skip
+            return {"dense_ms": stats["dense"][0].median_ms}
+        say = self.progress or (lambda message: None)
+        say("latency model: profiling the dense model (5 runs)")
+        return profile_shares(op_breakdown(self.dense_path, self.batch, self.threads, 5, self.workdir))
 
     def __call__(self, slim_model) -> float:
         slim_path = self.workdir / "slim.onnx"

@@ -309,8 +309,8 @@ class FakeRuntime:
         layers = sum(FakeTimer()(s, s.in_channels, s.out_channels) for s in specs)
         return layers + self.ACT * sum(s.output_elements(s.out_channels) for s in specs) + self.OVERHEAD
 
-    def calibrate(self):
-        return self.ms(self.dense), self.OVERHEAD
+    def calibrate(self):  # a dense timing without a profile: the residual is attributed
+        return {"dense_ms": self.ms(self.dense), "overhead": self.OVERHEAD}
 
     def __call__(self, slim_model) -> float:
         self.calls += 1
@@ -326,7 +326,7 @@ def test_calibrated_model_predicts_the_first_attempt(tmp_path):
     assert abs(first.predicted / first.measured - 1) <= 0.03, (first.predicted, first.measured)
     assert len(result.steps) == 1 and result.within_tolerance  # no correction needed
     calibration = result.summary()["calibration"]
-    assert calibration["calibrated"] and calibration["act_ms_per_M"] == pytest.approx(FakeRuntime.ACT * 1e6, rel=0.05)
+    assert calibration["calibrated"] and calibration["act_ms_per_M"] == pytest.approx(FakeRuntime.ACT * 1e6, rel=0.01)
     assert calibration["overhead_ms"] == FakeRuntime.OVERHEAD and calibration["scale"] == 1.0
 
     # the table alone (a runtime without a dense timing) misses the activations' share
@@ -337,6 +337,11 @@ def test_calibrated_model_predicts_the_first_attempt(tmp_path):
 
 
 def test_latency_model_calibration_and_refit():
+    # profiled under load: dense 300 ms, 60% in conv kernels, 30% in others, 10% outside
+    loaded = LatencyModel.calibrate(80.0, 40.0, 300.0, 30.0, layer_share=0.6, activation_share=0.3)
+    assert loaded.scale == pytest.approx(180 / 80) and loaded.act_ms == pytest.approx(90 / 40)
+    assert loaded.overhead == pytest.approx(30.0) and loaded.ms(80.0, 40.0) == pytest.approx(300.0)
+    assert loaded.fraction(40.0, 20.0) == pytest.approx(0.3 + 0.15 + 0.1)  # shares, not a residual
     # table 80 ms, 40 M activations, dense measured 100 ms, 4 ms overhead: 16 ms residual
     model = LatencyModel.calibrate(80.0, 40.0, 100.0, 4.0)
     assert model.calibrated and model.scale == 1.0 and model.act_ms == pytest.approx(0.4)
@@ -352,9 +357,26 @@ def test_latency_model_calibration_and_refit():
     model = LatencyModel.calibrate(80.0, 40.0, truth(80.0, 40.0), 4.0)
     for t, a in ((40.0, 25.0), (20.0, 8.0)):
         model.add(t, a, truth(t, a) / truth(80.0, 40.0))
-    assert model.scale == pytest.approx(1.5, rel=1e-6) and model.act_ms == pytest.approx(0.1, rel=1e-5)
+    for t, a in ((40.0, 25.0), (20.0, 8.0), (30.0, 15.0)):  # the points, and one between them
+        assert model.fraction(t, a) == pytest.approx(truth(t, a) / truth(80.0, 40.0), rel=0.03)
+    assert model.scale > 1.3 and model.act_ms < 0.5  # moved from the residual's split (1, 1.1) towards (1.5, 0.1)
     # without a dense timing the model is the table alone until measurements come in
     bare = LatencyModel.calibrate(80.0, 40.0, None)
     assert not bare.calibrated and bare.fraction(40.0, 5.0) == pytest.approx(0.5)
-    bare.add(40.0, 30.0, 0.6)  # 0.6 x 80 = 0.6 x 40 + 0.8 x 30: scale 0.6, 0.8 ms/M
-    assert bare.fraction(40.0, 30.0) == pytest.approx(0.6) and bare.act_ms == pytest.approx(0.8)
+    bare.add(40.0, 30.0, 0.6)  # fits 0.6 x 80 = 0.6 x 40 + 0.8 x 30 (scale 0.6, 0.8 ms/M)
+    assert bare.fraction(40.0, 30.0) == pytest.approx(0.6, rel=0.05) and bare.act_ms > 0.3  # the pull of the prior (0) stays
+
+
+def test_profile_shares_split_a_dense_profile():
+    from fxprune.deploy.latency_model import profile_shares
+    from fxprune.deploy.layer_profile import OpBreakdown
+
+    breakdown = OpBreakdown(run_ms=101.0, kernel_ms=100.0, gap_ms=1.0, nodes=5, top_nodes=[], by_category={
+        "conv kxk (NCHWc)": {"ms": 60.0, "macs": 1.0, "nodes": 2}, "depthwise (NCHWc)": {"ms": 20.0, "macs": 1.0, "nodes": 1},
+        "gemm (classifier)": {"ms": 1.0, "macs": 1.0, "nodes": 1}, "layout reorder": {"ms": 9.0, "macs": 0.0, "nodes": 1},
+        "pooling": {"ms": 10.0, "macs": 0.0, "nodes": 1}})  # fmt: skip
+    shares = profile_shares(breakdown)
+    assert shares == pytest.approx({"dense_ms": 101.0, "overhead": 1.0, "layer_share": 81 / 101,
+                                    "activation_share": 19 / 101})  # fmt: skip
+    model = LatencyModel.calibrate(40.0, 10.0, **shares)
+    assert model.ms(40.0, 10.0) == pytest.approx(101.0) and model.overhead == pytest.approx(1.0)
