@@ -22,7 +22,7 @@ from .errors import ConfigError, PlanError
 from .ops import build_channel_graph
 from .ops.attention import check_heads
 from .ops.heads import heads_kept
-from .partial import apply_parts, prune_parts
+from .partial import PartPruner, apply_parts, prune_parts
 from .plan import PrunePlan, keep_from_plan, make_plan
 from .scoring import class_scores, get_scorer
 from .selection import check_ratios, select_channels, select_for_target
@@ -142,9 +142,9 @@ def prune(
 
     Submodules that torch.fx cannot trace become leaves (kept whole, listed by
     ``fxprune.trace.leaves_of(result.graph.gm)``). When the model's own ``forward`` does
-    not trace (a detector), its traceable submodules are pruned one by one and a
-    ``fxprune.partial.PartialPruneResult`` is returned (see that module). When nothing
-    can be pruned, a warning names what blocks it.
+    not trace (a detector), its traceable submodules are scored, ranked together and
+    pruned, and a ``fxprune.partial.PartialPruneResult`` is returned (see that module).
+    When nothing can be pruned, a warning names what blocks it.
     """
     scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", "custom")
     target_text = target if target is None or isinstance(target, str) else target.describe()
@@ -155,23 +155,19 @@ def prune(
     if graph is None:  # read-only analysis: slim() and the scorers copy before writing
         try:
             graph = analyze(model, inputs, leaf_modules, copy_model=False, heads=heads)
-        except UntraceableRoot as root_error:  # e.g. a detector: prune the parts that trace
-            def prune_part(part: nn.Module, part_inputs: tuple, part_graph: ChannelGraph) -> PruneResult:
-                return prune(part, part_inputs, ratio, min_ratio, scorer, round_to=round_to,
-                             target=target, graph=part_graph, heads=heads, uniform=uniform)
+        except UntraceableRoot as root_error:  # e.g. a detector: the parts that trace, ranked together
+            def score_part(part_graph: ChannelGraph, part_inputs: tuple) -> np.ndarray:
+                return _class_scores(part_graph, part_inputs, scorer, None)
 
-            return prune_parts(model, inputs, prune_part, leaf_modules, root_error, config.to_dict(),
+            def finish_part(part_graph: ChannelGraph, keep: np.ndarray, part_inputs: tuple) -> PruneResult:
+                return _finish(part_graph, keep, part_inputs, config, {})
+
+            pruner = PartPruner(score_part, finish_part, ratio, min_ratio, round_to, uniform, target)
+            return prune_parts(model, inputs, pruner, leaf_modules, root_error, config.to_dict(),
                                {"heads": check_heads(heads)})
     times["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    score_fn = get_scorer(scorer)
-    if getattr(score_fn, "needs_data", False) and data is None:
-        raise ConfigError(f"scorer '{scorer_name}' needs a data batch: pass data=(inputs, targets)")
-    raw = score_fn(graph, inputs, data)
-    if getattr(score_fn, "class_level", False):  # optional for user scorers
-        scores = np.asarray(raw, dtype=np.float64)
-    else:
-        scores = class_scores(graph, raw)
+    scores = _class_scores(graph, inputs, scorer, data)
     times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if isinstance(target, str):
@@ -182,8 +178,28 @@ def prune(
         keep = select_channels(graph, scores, ratio, min_ratio, round_to, uniform=uniform)
     if keep.all() and (ratio > 0 or target is not None):  # an answer, not a success
         warnings.warn(f"fxprune: {describe_blockers(graph)}", stacklevel=2)
-    slim_gm = slim(graph, keep)
     times["slim"] = time.perf_counter() - t0
+    return _finish(graph, keep, inputs, config, times)
+
+
+def _class_scores(graph: ChannelGraph, inputs: tuple, scorer: Any, data: Any) -> np.ndarray:
+    """One score per channel class of ``graph`` (``scorer``: a name or a ``Scorer``)."""
+    score_fn = get_scorer(scorer)
+    if getattr(score_fn, "needs_data", False) and data is None:
+        scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", "custom")
+        raise ConfigError(f"scorer '{scorer_name}' needs a data batch: pass data=(inputs, targets)")
+    raw = score_fn(graph, inputs, data)
+    if getattr(score_fn, "class_level", False):  # optional for user scorers
+        return np.asarray(raw, dtype=np.float64)
+    return class_scores(graph, raw)
+
+
+def _finish(graph: ChannelGraph, keep: np.ndarray, inputs: tuple, config: PruneConfig,
+            times: dict[str, float]) -> PruneResult:
+    """Slim ``graph`` to ``keep``, count it and write its plan."""
+    t0 = time.perf_counter()
+    slim_gm = slim(graph, keep)
+    times["slim"] = times.get("slim", 0.0) + time.perf_counter() - t0
     before = macs_report(graph.gm, inputs)
     after = macs_report(slim_gm, inputs)
     result = PruneResult(slim_gm, None, graph, keep, before.params, after.params,  # type: ignore[arg-type]

@@ -9,37 +9,51 @@ are its graph outputs, which the channel graph always freezes), and returns a de
 the ORIGINAL model object (still a ``FasterRCNN``, say) in which those submodules are
 replaced by their slim GraphModules. Everything outside the parts runs unchanged.
 
+Ranking is global across the parts, as for a whole model: every part is scored on the
+inputs it was called with, the scores of all parts' channel classes go into one ranking
+(``select_across_parts``: the lowest ``ratio`` of all prunable classes are cut, then each
+group and layer dimension gets its ``min_ratio`` floor back), and each part is slimmed
+with its share of that one keep mask. A ``flops=`` target budgets the parts' MACs
+together; a target object (a latency target) still selects part by part. A part whose
+slim copy fails the oracle on any of its calls is kept dense (its share of the cut is not
+given to another part); a part that loses no channel in the ranking stays as it was.
+
 One plan covers the whole model: its keys are the original qualified names
 (``backbone.body.layer1.0.conv1``), ``settings["parts"]`` lists the parts, and
-``apply_parts`` replays it on a fresh instance. Each part is ranked on its own (the
-ratio applies per part, not globally across parts).
+``apply_parts`` replays it on a fresh instance.
 
 Checks (``PartialPruneResult.verify``): every part against the masked-dense oracle on
 the inputs it was called with, and the whole slim model against the whole dense model
 with each part replaced by its masked-dense reference.
 
-This module sits next to ``api`` and never imports it: ``api.prune`` and
-``api.apply_plan`` hand it a callback that prunes (or re-applies a plan to) one part.
+This module sits next to ``api`` and never imports it: ``api.prune`` hands it a
+``PartPruner`` (score one part, slim one part under a given keep mask) and
+``api.apply_plan`` a callback that re-applies a plan to one part.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .analysis import ChannelGraph
-from .cost import SizeChange, count_params, macs_report
+from .cost import CostModel, SizeChange, count_params, macs_report
 from .errors import FxPruneError, PlanError, TraceError
 from .ops import build_channel_graph
 from .plan import PrunePlan
+from .selection import parse_target, select_channels
 from .trace import (
     Leaf,
+    TraceablePart,
     UntraceableRoot,
     as_input_tuple,
     capture_module_inputs,
@@ -49,10 +63,22 @@ from .trace import (
 )
 from .verify import EquivalenceReport, masked_forward, verify_equivalence
 
-# prune_part(module, part_inputs, graph) -> PruneResult of that module
-PrunePart = Callable[[nn.Module, tuple, ChannelGraph], Any]
 # apply_part(module, sub_plan, part_inputs, leaf_modules) -> slim GraphModule
 ApplyPart = Callable[[nn.Module, PrunePlan, tuple, list], nn.Module]
+
+
+@dataclass(frozen=True)
+class PartPruner:
+    """What ``prune_parts`` needs from ``api.prune`` for one part: its class scores, and its
+    ``PruneResult`` under a given keep mask; plus the selection settings."""
+
+    score: Callable[[ChannelGraph, tuple], np.ndarray]  # (graph, part inputs) -> class scores
+    finish: Callable[[ChannelGraph, np.ndarray, tuple], Any]  # (graph, keep, inputs) -> PruneResult
+    ratio: float
+    min_ratio: float
+    round_to: int | None = None
+    uniform: bool = False
+    target: Any = None  # "flops=0.3", or an object with select(graph, scores, inputs, min_ratio, round_to)
 
 
 @dataclass
@@ -201,25 +227,38 @@ def _rest_macs(model: nn.Module, calls: dict[str, list], parts: list[str]) -> in
     return total
 
 
-def prune_parts(model: nn.Module, example_inputs: Any, prune_part: PrunePart,
+def prune_parts(model: nn.Module, example_inputs: Any, pruner: PartPruner,
                 leaf_modules: Iterable = (), root_error: UntraceableRoot | None = None,
                 settings: dict[str, Any] | None = None,
                 options: dict[str, Any] | None = None) -> PartialPruneResult:
-    """Prune each traceable part of ``model`` (see the module docstring); ``options``
-    reach the op rules (``build_channel_graph``). Raises the root's ``TraceError`` when no
-    part has a prunable channel."""
+    """Prune the traceable parts of ``model`` under one global ranking (see the module
+    docstring); ``options`` reach the op rules (``build_channel_graph``). Raises the root's
+    ``TraceError`` when no part has a prunable channel."""
     inputs = as_input_tuple(example_inputs)
     started = time.perf_counter()
     calls = capture_module_inputs(model, inputs)
     found, skipped = find_traceable_parts(model, inputs, leaf_modules, calls)
-    parts: list[PrunedPart] = []
+    scored: list[tuple[TraceablePart, ChannelGraph, np.ndarray]] = []
     for part in found:
         graph = build_channel_graph(part.gm, options)
         if not graph.prunable_groups():
             skipped.append((part.qualname, "traced, but every channel is frozen (its inputs and outputs are kept)"))
             continue
         try:
-            result = prune_part(model.get_submodule(part.qualname), part.inputs, graph)
+            scored.append((part, graph, pruner.score(graph, part.inputs)))
+        except FxPruneError as exc:  # e.g. a scorer that needs data, or a non-finite score
+            skipped.append((part.qualname, f"scoring it failed, kept dense: {str(exc)[:200]}"))
+    if not scored:
+        raise root_error or UntraceableRoot(f"{type(model).__name__}: no submodule with prunable channels traces")
+    keeps = select_across_parts([g for _, g, _ in scored], [s for _, _, s in scored],
+                                [p for p, _, _ in scored], pruner)
+    parts: list[PrunedPart] = []
+    for (part, graph, _), keep in zip(scored, keeps):
+        if keep.all():
+            skipped.append((part.qualname, "no channel of it ranked low enough: kept dense"))
+            continue
+        try:
+            result = pruner.finish(graph, keep, part.inputs)
         except FxPruneError as exc:  # e.g. the slim part does not run: keep it dense
             skipped.append((part.qualname, f"pruning it failed, kept dense: {str(exc)[:200]}"))
             continue
@@ -229,7 +268,8 @@ def prune_parts(model: nn.Module, example_inputs: Any, prune_part: PrunePart,
             continue
         parts.append(PrunedPart(part.qualname, result, part.inputs, part.calls))
     if not parts:
-        raise root_error or UntraceableRoot(f"{type(model).__name__}: no submodule with prunable channels traces")
+        warnings.warn(f"fxprune: nothing to prune in {type(model).__name__}: "
+                      + "; ".join(f"{q}: {why}" for q, why in skipped), stacklevel=3)
     slim_model = _replace_parts(model, {p.qualname: p.result.model for p in parts})
     batch = inputs[0].shape[0] if inputs[0].dim() else 1
     rest = _rest_macs(model, calls, [p.qualname for p in parts])
@@ -241,6 +281,81 @@ def prune_parts(model: nn.Module, example_inputs: Any, prune_part: PrunePart,
     result.plan = merge_plans(parts, dict(settings or {}), result.summary())
     result.seconds["total"] = time.perf_counter() - started
     return result
+
+
+# -- one ranking over several parts ----------------------------------------------------------
+
+
+def union_graph(graphs: list[ChannelGraph]) -> tuple[ChannelGraph, np.ndarray]:
+    """The parts' channel graphs side by side as one graph (classes, groups, atoms and
+    spaces renumbered; space keys prefixed ``"{i}:"``), so ``select_channels`` ranks them
+    together; and each part's first class id (``offsets[i]:offsets[i + 1]``)."""
+    class_offsets = np.cumsum([0] + [g.num_classes for g in graphs])
+    atom_offsets = np.cumsum([0] + [len(g.atom_class) for g in graphs])
+    group_offsets = np.cumsum([0] + [len(g.groups) for g in graphs])
+    spaces: dict[str, Any] = {}
+    groups = []
+    for i, g in enumerate(graphs):
+        for key, space in g.spaces.items():
+            spaces[f"{i}:{key}"] = dataclasses.replace(space, key=f"{i}:{key}",
+                                                       atoms=space.atoms + atom_offsets[i])
+        groups += [dataclasses.replace(group, id=group.id + int(group_offsets[i]),
+                                       classes=group.classes + class_offsets[i]) for group in g.groups]
+    union = ChannelGraph(
+        gm=None,  # type: ignore[arg-type]
+        atom_class=np.concatenate([g.atom_class + class_offsets[i] for i, g in enumerate(graphs)]),
+        class_group=np.concatenate([g.class_group + group_offsets[i] for i, g in enumerate(graphs)]),
+        class_frozen=np.concatenate([g.class_frozen for g in graphs]),
+        class_reason=[r for g in graphs for r in g.class_reason],
+        class_inexact=np.concatenate([g.class_inexact for g in graphs]),
+        spaces=spaces, groups=groups, unhandled=[u for g in graphs for u in g.unhandled])
+    return union, class_offsets
+
+
+def select_across_parts(graphs: list[ChannelGraph], scores: list[np.ndarray],
+                        parts: list[TraceablePart], pruner: PartPruner) -> list[np.ndarray]:
+    """One keep mask per part from one global selection (``select_channels`` on the
+    union of the parts' graphs; for ``flops=`` the cut that brings the parts' summed MACs,
+    each part weighted by its calls' batch, to the budget). A target object selects per part."""
+    if pruner.target is not None and not isinstance(pruner.target, str):
+        return [pruner.target.select(g, s, p.inputs, pruner.min_ratio, pruner.round_to)
+                for g, s, p in zip(graphs, scores, parts)]
+    union, offsets = union_graph(graphs)
+    every = np.concatenate(scores)
+
+    def select(ratio: float) -> np.ndarray:
+        return select_channels(union, every, ratio, pruner.min_ratio, pruner.round_to, uniform=pruner.uniform)
+
+    if pruner.target is None:
+        keep = select(pruner.ratio)
+    else:
+        keep = _select_for_macs(graphs, parts, offsets, parse_target(pruner.target), select)
+    return [keep[offsets[i]:offsets[i + 1]] for i in range(len(graphs))]
+
+
+def _select_for_macs(graphs: list[ChannelGraph], parts: list[TraceablePart], offsets: np.ndarray,
+                     fraction: float, select: Callable[[float], np.ndarray]) -> np.ndarray:
+    """Bisection on the global channel ratio until the parts' MACs reach ``fraction``
+    (``selection.select_for_target`` for several graphs)."""
+    models = [CostModel(g) for g in graphs]
+    weights = [sum(args[0].shape[0] if args[0].dim() else 1 for args in p.calls) for p in parts]
+
+    def macs(keep: np.ndarray) -> float:
+        return sum(w * m.macs(keep[offsets[i]:offsets[i + 1]]) for i, (m, w) in enumerate(zip(models, weights)))
+
+    goal = fraction * sum(w * m.total for m, w in zip(models, weights))
+    lo, hi = 0.0, 0.999
+    best = select(hi)
+    if macs(best) > goal:
+        return best  # the floors keep more than the budget; closest we can get
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        keep = select(mid)
+        if macs(keep) <= goal:
+            hi, best = mid, keep
+        else:
+            lo = mid
+    return best
 
 
 def _first_failed_call(result: Any, calls: list[tuple]) -> str:
@@ -320,4 +435,4 @@ def apply_parts(model: nn.Module, plan: PrunePlan, example_inputs: Any, apply_pa
 
 
 __all__ = ["prune_parts", "apply_parts", "merge_plans", "sub_plan",
-           "PartialPruneResult", "PrunedPart"]
+           "PartialPruneResult", "PrunedPart", "PartPruner", "select_across_parts", "union_graph"]

@@ -4,6 +4,8 @@ pruned part by part (one plan, replayed by apply_plan), including a torchvision 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -156,8 +158,14 @@ def test_small_torchvision_detector_at_small_input():
     result = fxprune.prune(model, x, 0.5, 0.15, "l1")
     assert type(result.model).__name__ == "FasterRCNN"
     assert [p.qualname for p in result.parts] == ["backbone", "roi_heads.box_head"]
-    assert 1.5 < result.param_reduction < 2.5
-    assert result.macs_after < result.macs_before
+    # one ranking over both parts (per part it was 1.5-2.5x): the box head's fc6 has the
+    # smallest mean |w| (fan-in 256*7*7), so it drops to its min_ratio floor of 1024
+    assert 3.0 < result.param_reduction < 4.5
+    assert result.model.roi_heads.box_head.fc6.out_features == math.ceil(0.15 * 1024)
+    # totals: parameters counted on the models, MACs equal to conv/linear forward hooks
+    assert (result.params_before, result.params_after) == (count_parameters(model), count_parameters(result.model))
+    assert (result.macs_before, result.macs_after) == (hook_macs(model, x), hook_macs(result.model, x))
+    assert result.macs_after < result.macs_before / 3
     reports = result.verify()
     assert all(r.passed for r in reports), [r.detail for r in reports]
     assert sum(r.exact for r in reports[:-1]) == 2
@@ -166,6 +174,96 @@ def test_small_torchvision_detector_at_small_input():
     assert set(detections[0]) == {"boxes", "labels", "scores"}
     skipped = dict(result.skipped)  # the RPN head runs on 3 levels: traced, nothing prunable
     assert skipped["rpn.head.cls_logits"].startswith("traced, but every channel is frozen")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def hook_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Conv and linear MACs of one forward pass, per example, counted by forward hooks:
+    a reference independent of fxprune's op rules."""
+    total = 0
+
+    def count(module, _inputs, out):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += out.numel() * module.in_channels // module.groups * kh * kw
+        else:
+            total += out.numel() * module.in_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return total // x.shape[0]
+
+
+class TwoParts(nn.Module):
+    """An untraceable root over two traceable parts, each with one prunable group."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1))
+        self.neck = nn.Sequential(nn.Conv2d(8, 24, 1), nn.ReLU(), nn.Conv2d(24, 4, 1))
+
+    def forward(self, x):
+        y = self.neck(self.backbone(x))
+        return [y[i].sum() for i in range(y.shape[0])]  # loops over the batch: untraceable
+
+
+def two_parts_with_known_scores() -> TwoParts:
+    """L1 scores (mean |w| per output channel) set by hand: backbone.0 channel c scores
+    c + 1 (1..16), neck.0 channel c scores c + 0.5 (0.5..23.5)."""
+    model = TwoParts().eval()
+    with torch.no_grad():
+        for conv, offset in ((model.backbone[0], 1.0), (model.neck[0], 0.5)):
+            scores = torch.arange(conv.out_channels, dtype=torch.float32) + offset
+            conv.weight.copy_(scores.view(-1, 1, 1, 1).expand_as(conv.weight))
+            conv.weight[:, 0] *= -1  # signs do not matter to L1
+    return model
+
+
+def test_parts_are_ranked_together_with_one_global_threshold():
+    model = two_parts_with_known_scores()
+    x = torch.randn(2, 3, 8, 8)
+    result = fxprune.prune(model, x, 0.5, 0.15, "l1")
+    # 40 prunable classes (16 + 24; the parts' outputs are kept), ratio 0.5: the 20 lowest of
+    # the union go, 1..10 of the backbone and 0.5..9.5 of the neck (per part: 8 and 12)
+    assert [p.qualname for p in result.parts] == ["backbone", "neck"]
+    assert result.plan.modules["backbone.0"]["out_channels"] == list(range(10, 16))
+    assert result.plan.modules["neck.0"]["out_channels"] == list(range(10, 24))
+    assert (result.model.backbone.get_submodule("0").out_channels,
+            result.model.neck.get_submodule("0").out_channels) == (6, 14)
+    assert all(r.passed and r.exact for r in result.verify())
+    # the floor: at ratio 0.9 the neck would lose all 24; it keeps ceil(0.15 * 24) = 4
+    deep = fxprune.prune(model, x, 0.9, 0.15, "l1")
+    assert deep.plan.modules["neck.0"]["out_channels"] == [20, 21, 22, 23]
+    assert deep.plan.modules["backbone.0"]["out_channels"] == [13, 14, 15]
+    assert (deep.params_before, deep.params_after) == (count_parameters(model), count_parameters(deep.model))
+
+
+def test_a_part_that_loses_nothing_in_the_ranking_stays_dense():
+    model = two_parts_with_known_scores()
+    with torch.no_grad():
+        model.backbone[0].weight.mul_(100)  # every backbone channel outranks the neck's
+    result = fxprune.prune(model, torch.randn(2, 3, 8, 8), 0.5, 0.15, "l1")
+    assert [p.qualname for p in result.parts] == ["neck"]
+    assert result.model.backbone[0].out_channels == 16 and not isinstance(result.model.backbone, torch.fx.GraphModule)
+    assert dict(result.skipped)["backbone"] == "no channel of it ranked low enough: kept dense"
+    assert result.model.neck.get_submodule("0").out_channels == 4  # 20 of 24 cut, its floor is 4
+
+
+def test_flops_target_budgets_the_parts_together():
+    model = two_parts_with_known_scores()
+    x = torch.randn(2, 3, 8, 8)
+    result = fxprune.prune(model, x, target="flops=0.5", scorer="l1")
+    dense = sum(p.result.macs_before for p in result.parts)
+    slim = sum(p.result.macs_after for p in result.parts)
+    assert 0.4 * dense < slim <= 0.5 * dense
+    assert (result.macs_before, result.macs_after) == (hook_macs(model, x), hook_macs(result.model, x))
 
 
 def test_untraceable_root_without_prunable_parts_raises_the_trace_error():
