@@ -46,4 +46,19 @@ def fail(study: optuna.Study, trial: Any) -> None:
     storage_of(study).set_trial_state_values(trial_id(trial), TrialState.FAIL)
 
 
-__all__ = ["fail", "frozen", "set_user_attr", "storage_of", "study_id", "trial_id"]
+def has_heartbeat(study: optuna.Study) -> bool:
+    """Whether ``study``'s storage keeps Optuna's own heartbeat (an RDB opened with a
+    ``heartbeat_interval``, as ``hpo.storage.open_storage`` does)."""
+    storage = storage_of(study)
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
+
+
+def record_heartbeat(study: optuna.Study, trial: Any) -> None:
+    """Optuna's heartbeat of a running trial (``BaseHeartbeat.record_heartbeat``), stamped
+    by the database's clock; what ``optuna.storages.fail_stale_trials`` reads."""
+    storage_of(study).record_heartbeat(trial_id(trial))
+
+
+__all__ = ["fail", "frozen", "has_heartbeat", "record_heartbeat", "set_user_attr", "storage_of",
+           "study_id", "trial_id"]

@@ -159,13 +159,13 @@ def _repeat(index: int, arms: dict[str, StudySummary], finals: dict[str, FinalSu
         tau=rank.tau if rank is not None else None)
 
 
-def _record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
+def _record(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialRecord:
     return TrialRecord(
         number=trial.number, state=trial.state.name, value=trial_value(trial),
         params=dict(trial.user_attrs.get("hyperparams", trial.params)),
         epochs_run=len(trial.intermediate_values),
         seconds=trial.duration.total_seconds() if trial.duration is not None else None,
-        reason=trial.user_attrs.get("reason"),
+        reason=trial.user_attrs.get("reason") or liveness.interruption(study, trial),
     )
 
 
@@ -195,7 +195,8 @@ def summarise_search(study: optuna.Study, config: HpoConfig,
     return StudySummary(
         name=name or study.study_name, role=str(study.user_attrs.get("role", "base")),
         budget=int(study.user_attrs.get("budget", config.trials)),
-        wall_seconds=round(elapsed_span(trials), 3), trials=tuple(map(_record, trials)),
+        wall_seconds=round(elapsed_span(trials), 3),
+        trials=tuple(_record(t, study) for t in trials),
         best_trial=found[0].number if found else None,
         best_value=float(found[0].value) if found else None,
         best_params=found[1].to_dict() if found else None,

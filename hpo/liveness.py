@@ -1,18 +1,28 @@
 """Who runs which trial, whether they are still alive, and how a trial is claimed.
 
 A claimed trial is stamped with its owner (host, pid, process start time, heartbeat
-interval) and, while it runs, a heartbeat thread stamps the time every ``--heartbeat``
-seconds (journal and RDB alike: the driver uses ask/tell, and Optuna only beats inside
-``study.optimize``). A RUNNING trial is abandoned when
+interval) and, while it runs, a heartbeat thread beats every ``--heartbeat`` seconds. Optuna
+beats only inside ``study.optimize`` and the driver uses ask/tell, so the thread is ours;
+what it records depends on the storage:
+
+* RDB (``--storage``): Optuna's own heartbeat (``storage.record_heartbeat``, stamped with
+  the database's clock; ``hpo.storage`` opens the RDB with ``heartbeat_interval`` and
+  ``grace_period``), and ``optuna.storages.fail_stale_trials`` fails the trials of a silent
+  machine;
+* journal: a ``heartbeat`` user attribute holding this machine's clock.
+
+A RUNNING trial is abandoned when
 
 * its owner is on this host and the process is gone (pid dead, zombie or reused), or it is
   this very process and no longer running it;
 * its owner is on another host and its last heartbeat is older than three intervals
-  (plus two seconds): the machine died or lost the database;
+  (plus two seconds): the machine died or lost the database (RDB: Optuna's verdict);
 * it was never stamped and is over a minute old.
 
-An abandoned trial is marked FAIL with ``reason`` "interrupted ..." and its params and
-plan are enqueued again; interrupted trials do not count toward the budget, so a study
+An abandoned trial is marked FAIL with ``reason`` "interrupted ..." (a trial Optuna
+failed can no longer take attributes: its reason is the study attribute
+``interrupted:<number>``) and its params and plan are enqueued again; interrupted trials
+do not count toward the budget, so a study
 killed at any point ends with exactly ``trials`` finished trials, none lost and none
 repeated. A trial that FAILED (bad data, an exception) is retried once on the next run of
 the command: it is listed under the study attribute ``retried:<number>`` and its point is
@@ -26,6 +36,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from hpo import _optuna
 from hpo.config import HpoConfig, Job
 from hpo.registry import SAMPLERS
-from hpo.storage import claim_lock
+from hpo.storage import claim_lock, take_stale_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -42,6 +53,7 @@ logger = logging.getLogger("hpo")
 
 INTERRUPTED = "interrupted"
 RETRIED_PREFIX = "retried:"
+INTERRUPTED_PREFIX = f"{INTERRUPTED}:"  # study attribute of a trial Optuna's heartbeat failed
 UNSTAMPED_GRACE_S = 60.0  # a RUNNING trial with no owner yet, older than this, is abandoned
 HOST_ENV = "FXPRUNE_HPO_HOST"  # tests stand in for several machines on one host
 
@@ -67,13 +79,17 @@ def owner_stamp(config: HpoConfig) -> dict[str, Any]:
             "heartbeat_s": config.heartbeat}
 
 
-def owner_alive(trial: optuna.trial.FrozenTrial, now: float | None = None) -> bool:
-    """Whether the process running ``trial`` may still be alive (module docstring)."""
+def owner_alive(trial: optuna.trial.FrozenTrial, now: float | None = None,
+                remote_beats: bool = True) -> bool:
+    """Whether the process running ``trial`` may still be alive (module docstring);
+    ``remote_beats=False``: another host's trial is judged by Optuna's heartbeat instead."""
     owner = trial.user_attrs.get("owner")
     if owner is None:  # asked for but not yet stamped: stale only once clearly abandoned
         started = trial.datetime_start
         return started is None or (datetime.now() - started).total_seconds() < UNSTAMPED_GRACE_S
     if owner.get("host") != host_name():
+        if not remote_beats:
+            return True
         beat = trial.user_attrs.get("heartbeat")
         if beat is None:
             return True  # an old run without heartbeats: we cannot tell
@@ -94,8 +110,16 @@ def owner_alive(trial: optuna.trial.FrozenTrial, now: float | None = None) -> bo
     return True
 
 
+def beat(study: optuna.Study, trial: Any) -> None:
+    """One heartbeat of a running trial: Optuna's on an RDB, else the user attribute."""
+    if _optuna.has_heartbeat(study):
+        _optuna.record_heartbeat(study, trial)
+    else:
+        _optuna.set_user_attr(study, trial, "heartbeat", time.time())
+
+
 class Heartbeat:
-    """Stamps ``heartbeat`` on a running trial every ``interval`` seconds, on a thread."""
+    """Beats (``beat``) for a running trial every ``interval`` seconds, on a thread."""
 
     def __init__(self, study: optuna.Study, trial: Any, interval: float) -> None:
         self.study, self.trial, self.interval = study, trial, interval
@@ -105,7 +129,7 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                _optuna.set_user_attr(self.study, self.trial, "heartbeat", time.time())
+                beat(self.study, self.trial)
             except Exception:  # noqa: BLE001 - finished meanwhile, or the storage blinked
                 if self._stop.is_set():
                     return
@@ -120,8 +144,10 @@ class Heartbeat:
 
 
 def retried_numbers(study: optuna.Study) -> set[int]:
-    return {int(k.removeprefix(RETRIED_PREFIX)) for k in study.user_attrs
-            if k.startswith(RETRIED_PREFIX)}
+    """Trials that count as interrupted by a study attribute: retried failures and the
+    trials Optuna's heartbeat failed."""
+    return {int(k.split(":", 1)[1]) for k in study.user_attrs
+            if k.startswith((RETRIED_PREFIX, INTERRUPTED_PREFIX))}
 
 
 def is_interrupted(trial: optuna.trial.FrozenTrial, retried: set[int] = frozenset()) -> bool:
@@ -162,17 +188,42 @@ def retry_failures(study: optuna.Study) -> int:
 
 
 def recover_stale(study: optuna.Study) -> int:
+    """Retire every abandoned RUNNING trial (module docstring); returns how many."""
+    import optuna
     from optuna.trial import TrialState
 
+    by_optuna = _optuna.has_heartbeat(study)
+    failed_by_heartbeat = []
+    if by_optuna:
+        with warnings.catch_warnings():  # fail_stale_trials is "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        failed_by_heartbeat = [t for t in take_stale_trials() if t.number not in
+                               retried_numbers(study)]
+    for trial in failed_by_heartbeat:  # FAIL already: the reason goes on the study
+        owner = (trial.user_attrs.get("owner") or {}).get("host", "another machine")
+        why = f"{INTERRUPTED}: on another machine ({owner}), no heartbeat (Optuna's)"
+        study.set_user_attr(f"{INTERRUPTED_PREFIX}{trial.number}", why)
+        _requeue(study, trial)
+        logger.warning("trial %d of %s %s; its params are queued again", trial.number,
+                       study.study_name, why)
     now = time.time()
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if not owner_alive(t, now)]
+             if not owner_alive(t, now, remote_beats=not by_optuna)]
     for trial in stale:
         owner = trial.user_attrs.get("owner") or {}
         where = "on another machine, no heartbeat" if owner.get("host") not in (
             None, host_name()) else "its process is gone"
         retire_interrupted(study, trial, where)
-    return len(stale)
+    return len(failed_by_heartbeat) + len(stale)
+
+
+def interruption(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | None:
+    """Why ``trial`` was interrupted, wherever it is written (trial or study attribute)."""
+    reason = trial.user_attrs.get("reason")
+    if isinstance(reason, str) and reason.startswith(INTERRUPTED):
+        return reason
+    return study.user_attrs.get(f"{INTERRUPTED_PREFIX}{trial.number}")
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial, retried: set[int]) -> bool:
@@ -205,8 +256,6 @@ def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def claim(study: optuna.Study, job: Job, config: HpoConfig) -> optuna.Trial | None:
     """Under the claim lock: recover stale trials, check the budget, ask for a trial."""
-    import warnings
-
     with claim_lock(config):
         recover_stale(study)
         if not work_left(study, job):
@@ -217,9 +266,13 @@ def claim(study: optuna.Study, job: Job, config: HpoConfig) -> optuna.Trial | No
                 warnings.simplefilter("ignore")  # ExperimentalWarning of multivariate TPE
                 study.sampler = SAMPLERS[config.sampler](
                     (job.sampler_seed * 1_000_003 + existing) % 2**31, config.trials)
-        trial = study.ask()
+        with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with optimize":
+            warnings.filterwarnings("ignore", message="Heartbeat")  # we beat it ourselves
+            trial = study.ask()
         trial.set_user_attr("owner", owner_stamp(config))
         trial.set_user_attr("heartbeat", time.time())
+        if _optuna.has_heartbeat(study):  # from the first moment: fail_stale_trials sees it
+            _optuna.record_heartbeat(study, trial)
         if "seed" not in trial.user_attrs:  # below FINAL_SEED_OFFSET: never a final's seed
             trial.set_user_attr("seed", 1 + (job.sampler_seed + trial.number) % 900_000)
         _ACTIVE_TRIALS.add(_optuna.trial_id(trial))
@@ -230,6 +283,7 @@ def release(trial: Any) -> None:
     _ACTIVE_TRIALS.discard(_optuna.trial_id(trial))
 
 
-__all__ = ["INTERRUPTED", "Heartbeat", "claim", "counts_toward_budget", "finished",
-           "host_name", "is_interrupted", "owner_alive", "recover_stale", "release",
-           "retire_interrupted", "retried_numbers", "retry_failures", "running", "work_left"]
+__all__ = ["INTERRUPTED", "INTERRUPTED_PREFIX", "Heartbeat", "beat", "claim",
+           "counts_toward_budget", "finished", "host_name", "interruption", "is_interrupted",
+           "owner_alive", "recover_stale", "release", "retire_interrupted", "retried_numbers",
+           "retry_failures", "running", "work_left"]

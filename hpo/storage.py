@@ -12,6 +12,13 @@ extra). Failures become one line:
 * an unreachable database, at start or mid-run, is a ``StorageError`` (one line, exit 2);
   the same command resumes once it is back.
 
+An RDB storage is opened with Optuna's own heartbeat (``heartbeat_interval``,
+``grace_period = 3 * --heartbeat + 2`` s): ``hpo.liveness`` records it for each running
+trial and reclaims a silent machine's trial with ``optuna.storages.fail_stale_trials``,
+which judges staleness by the DATABASE's clock (machines' clocks may disagree). The stale
+trials this process failed are handed over through Optuna's stale-trial callback
+(``take_stale_trials``).
+
 Claiming a trial (check the budget, then ask) must be atomic across every process that
 shares the study: an ``fcntl`` lock on a file in the run folder for local workers, and a
 PostgreSQL advisory lock for machines sharing a database (their run folders differ).
@@ -22,9 +29,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,9 +102,14 @@ def open_storage(config: HpoConfig) -> optuna.storages.BaseStorage:
             _CHECKED.add(path.resolve())
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     url = database_url(config.storage)
+    interval, grace = heartbeat_settings(config.heartbeat)
     for attempt in range(SCHEMA_RETRIES):
         try:
-            return optuna.storages.RDBStorage(url)
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=interval, grace_period=grace,
+                    heartbeat_stale_trial_callback=_note_stale_trial)
         except ImportError as err:
             raise ConfigError(
                 f"cannot open {mask_url(config.storage)}: {err}; for postgresql:// install "
@@ -116,6 +130,28 @@ def open_storage(config: HpoConfig) -> optuna.storages.BaseStorage:
                                f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
                                ) from None
     raise AssertionError("unreachable")
+
+
+def heartbeat_settings(heartbeat: float) -> tuple[int, int]:
+    """Optuna's ``(heartbeat_interval, grace_period)`` for ``--heartbeat`` seconds (Optuna
+    takes whole seconds): the grace is the journal's rule, three beats plus two seconds."""
+    return max(1, round(heartbeat)), max(1, math.ceil(3 * heartbeat + 2))
+
+
+_STALE_FAILED: list[optuna.trial.FrozenTrial] = []
+
+
+def _note_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's stale-trial callback: called by ``fail_stale_trials`` for each trial THIS
+    process marked FAIL (another process racing on the same trial does not see it)."""
+    _STALE_FAILED.append(trial)
+
+
+def take_stale_trials() -> list[optuna.trial.FrozenTrial]:
+    """The trials failed by ``fail_stale_trials`` in this process since the last call."""
+    taken = list(_STALE_FAILED)
+    _STALE_FAILED.clear()
+    return taken
 
 
 def database_url(url: str) -> str:
@@ -233,5 +269,5 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage) -> opt
 
 
 __all__ = ["CLAIM_LOCK_FILE", "JOURNAL_FILE", "StorageError", "check_journal", "claim_lock",
-           "create_or_load_study", "database_url", "is_storage_failure", "mask_url", "open_storage",
-           "repair_journal", "storage_error"]
+           "create_or_load_study", "database_url", "heartbeat_settings", "is_storage_failure",
+           "mask_url", "open_storage", "repair_journal", "storage_error", "take_stale_trials"]

@@ -3,6 +3,7 @@ caught before anything is stored, logs that are files, data mounted at another p
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import re
@@ -144,3 +145,60 @@ def test_fashion_mnist_from_the_debian_package():
     assert torch.bincount(data.test.labels, minlength=10).tolist() == [20] * 10
     full = load_dataset("fashion-mnist", holdout=True)
     assert (len(full.train), len(full.val), len(full.test)) == (54000, 6000, 10000)
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (``/proc/<pid>/stat`` field 4)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_workers_die_with_their_parent(model_file: Path, tmp_path: Path):
+    """kill -9 of the parent (no handler runs): its workers, told by PR_SET_PDEATHSIG,
+    stop within seconds instead of training on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hpo.liveness import process_start
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fxprune.cli", "hpo", "run", f"{model_file}:slow_model",
+               "--data", "synthetic", "--mode", "typical", "--sampler", "random", "--pruner",
+               "none", "--threads", "1", "--workers", "2", "--trials", "6", "--epochs", "4",
+               "--seeds", "0", "--out", str(out)]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    try:
+        deadline, workers = time.monotonic() + 240, set()
+        while time.monotonic() < deadline and len(workers) < 2:  # both workers training
+            time.sleep(0.5)
+            if (out / "journal.log").is_file():
+                with contextlib.suppress(Exception):  # the study may not exist yet
+                    workers = {t.user_attrs["owner"]["pid"] for t in
+                               load(driver.HpoConfig(model="x", out=str(out)), "typical")
+                               .get_trials() if t.state.name == "RUNNING"
+                               and "owner" in t.user_attrs}
+        assert len(workers) == 2, "the workers never started a trial"
+        children = _children(parent.pid)
+        assert workers <= children
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(process_start(p) for p in children):
+            time.sleep(0.2)
+        alive = [p for p in children if process_start(p) is not None]
+        assert not alive, f"children {alive} outlived their killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -120,13 +120,17 @@ def _environment(host: str) -> dict[str, str]:
     return {**os.environ, "FXPRUNE_HPO_HOST": host, "PYTHONPATH": str(Path.cwd())}
 
 
-def _search_trials(url: str):
+def _search_study(url: str):
     import optuna
 
     from hpo.storage import database_url
 
     storage = optuna.storages.RDBStorage(database_url(url))
-    return optuna.load_study(study_name="typical", storage=storage).get_trials()
+    return optuna.load_study(study_name="typical", storage=storage)
+
+
+def _search_trials(url: str):
+    return _search_study(url).get_trials()
 
 
 def test_two_machines_on_an_empty_database_share_the_budget(model_file: Path, tmp_path: Path,
@@ -181,7 +185,17 @@ def test_a_dead_machines_trial_is_reclaimed_by_the_other(model_file: Path, tmp_p
     assert second.returncode == 0, second.stderr[-2000:]
     trials = {t.number: t for t in _search_trials(database)}
     assert trials[lost].state.name == "FAIL"
-    assert trials[lost].user_attrs["reason"].startswith("interrupted: on another machine")
+    # Optuna's own heartbeat (fail_stale_trials) reclaimed it: the reason is on the study
+    from hpo.liveness import interruption
+
+    study = _search_study(database)
+    assert interruption(study, trials[lost]).startswith(
+        "interrupted: on another machine (machine-a), no heartbeat (Optuna's)")
+    import psycopg
+
+    with psycopg.connect(database) as connection:  # every trial was beating in Optuna's table
+        beating = connection.execute("SELECT count(*) FROM trial_heartbeats").fetchone()[0]
+    assert beating == len(trials)  # each recorded from its claim on
     retried = [t for t in trials.values() if t.user_attrs.get("retry_of") == lost]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
     assert retried[0].user_attrs["owner"]["host"] == "machine-b"

@@ -1,0 +1,103 @@
+"""Liveness on an RDB storage is Optuna's own heartbeat: recorded by our ask/tell loop,
+judged by ``optuna.storages.fail_stale_trials`` with the database's clock."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo import _optuna, liveness
+from hpo.driver import ProxyHpo
+from hpo.liveness import HOST_ENV
+from hpo.storage import heartbeat_settings, open_storage
+
+
+def _heartbeats(database: Path) -> dict[int, str]:
+    with sqlite3.connect(database) as connection:
+        return dict(connection.execute("SELECT trial_id, heartbeat FROM trial_heartbeats"))
+
+
+def test_heartbeat_settings_follow_the_journal_rule():
+    assert heartbeat_settings(10.0) == (10, 32)  # three beats plus two seconds
+    assert heartbeat_settings(0.5) == (1, 4)  # Optuna takes whole seconds, at least one
+
+
+def test_a_silent_machines_trial_is_failed_by_optuna_and_queued_again(make_config, tmp_path,
+                                                                      monkeypatch):
+    database = tmp_path / "hpo.db"
+    config = make_config(mode="typical", trials=2, storage=f"sqlite:///{database}",
+                         heartbeat=0.5)
+    hpo = ProxyHpo(config)
+    hpo.validate(("base",))
+    job = hpo.search_job("typical")
+    study = hpo.prepare(job)
+    storage = open_storage(config)
+    assert (storage.get_heartbeat_interval(), storage.grace_period) == (1, 4)
+
+    monkeypatch.setenv(HOST_ENV, "machine-a")
+    trial = liveness.claim(study, job, config)
+    liveness.release(trial)  # as if machine-a's process held it
+    beats = _heartbeats(database)
+    assert list(beats) == [_optuna.trial_id(trial)]  # recorded at the claim, before any epoch
+
+    monkeypatch.setenv(HOST_ENV, "machine-b")
+    assert liveness.recover_stale(study) == 0  # a fresh heartbeat: machine-a is alive
+    first = beats[_optuna.trial_id(trial)]
+    time.sleep(1.1)
+    liveness.beat(study, trial)  # the heartbeat thread's beat moves Optuna's stamp
+    assert _heartbeats(database)[_optuna.trial_id(trial)] > first
+
+    # machine-a goes silent: its Optuna heartbeat is a minute old. Our own "heartbeat"
+    # attribute is made fresh to show that Optuna's stamp is what is judged.
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime('now', '-60 seconds')")
+    optuna_study = optuna.load_study(study_name=job.name, storage=open_storage(config))
+    _optuna.set_user_attr(optuna_study, trial, "heartbeat", time.time())
+
+    assert liveness.recover_stale(optuna_study) == 1
+    trials = optuna_study.get_trials()
+    lost = trials[0]
+    assert lost.state.name == "FAIL"
+    assert liveness.interruption(optuna_study, lost).startswith(
+        "interrupted: on another machine (machine-a), no heartbeat (Optuna's)")
+    assert liveness.is_interrupted(lost, liveness.retried_numbers(optuna_study))
+    requeued = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
+    assert len(requeued) == 1 and requeued[0].state.name == "WAITING"
+    assert liveness.recover_stale(optuna_study) == 0  # reclaimed once, not again
+
+    # the interrupted trial does not use the budget: both trials still run, then the report
+    hpo.run_job(job)
+    done = [t for t in optuna_study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 2
+    report = hpo.report("run")
+    reasons = [t.reason for t in report.study("typical").trials if t.number == lost.number]
+    assert reasons and reasons[0].startswith("interrupted: on another machine")
+
+
+def test_the_journal_keeps_the_heartbeat_attribute(make_config):
+    config = make_config(mode="typical", trials=1)
+    hpo = ProxyHpo(config)
+    job = hpo.search_job("typical")
+    study = hpo.prepare(job)
+    trial = liveness.claim(study, job, config)
+    try:
+        stamped = study.get_trials()[0].user_attrs["heartbeat"]
+        time.sleep(0.05)
+        liveness.beat(study, trial)
+        assert study.get_trials()[0].user_attrs["heartbeat"] > stamped
+    finally:
+        liveness.release(trial)
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_leftovers():
+    from hpo.storage import take_stale_trials
+
+    take_stale_trials()
+    yield
+    take_stale_trials()
