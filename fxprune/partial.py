@@ -283,6 +283,96 @@ def prune_parts(model: nn.Module, example_inputs: Any, pruner: PartPruner,
     return result
 
 
+# -- inspect: what an untraceable root's parts look like ---------------------------------------
+
+
+@dataclass
+class PartsReport:
+    """``fxprune inspect`` on a model whose own forward does not trace: each submodule
+    that traces on its own, with its channel-group report (``InspectReport``), and the
+    modules left untraced, with why. Renders itself; ``to_dict`` is the ``--json`` form."""
+
+    model: str
+    params: int
+    root_reason: str  # why the model's own forward does not trace
+    parts: list[tuple[str, str, Any]]  # (qualname, class name, InspectReport on its first call)
+    not_traced: list[tuple[str, str]]  # (qualname, why): kept as they are when pruning
+    max_members: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "params": self.params, "untraceable_root": self.root_reason,
+                "parts": [{**report.to_dict(), "module": q, "type": t} for q, t, report in self.parts],
+                "not_traced": [{"module": q, "reason": why} for q, why in self.not_traced]}
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        lines: list[Any] = [Text(f"{self.model} ({self.params:,} params): its own forward does not trace "
+                                 f"({self.root_reason}). Pruning works part by part: the {len(self.parts)} "
+                                 "submodules below trace on their own; the rest runs as it is.")]
+        summary = Table(title="traced parts", title_justify="left")
+        for col, justify in (("module", "left"), ("type", "left"), ("params", "right"), ("groups", "right"),
+                             ("prunable channels", "right"), ("leaves", "right")):
+            summary.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for qualname, type_name, report in self.parts:
+            prunable = sum(g["size"] for g in report.groups if g["prunable"])
+            total = sum(g["size"] for g in report.groups)
+            summary.add_row(qualname, type_name, f"{report.params:,}", str(len(report.groups)),
+                            f"{prunable:,} of {total:,}", str(len(report.leaves)))
+        lines.append(summary)
+        for _, _, report in self.parts:
+            if any(g["prunable"] for g in report.groups):
+                report.max_members = self.max_members
+                lines += [Text(""), report]
+        if self.not_traced:
+            rest = Table(title="not traced (kept as they are)", title_justify="left")
+            rest.add_column("module")
+            rest.add_column("why")
+            for qualname, why in self.not_traced:
+                rest.add_row(qualname, why)
+            lines.append(rest)
+        return Group(*lines)
+
+
+MAX_REASON = 300  # characters of the root's trace error shown by inspect
+
+# inspect_part(module, part_inputs, leaf_modules, name) -> InspectReport
+InspectPart = Callable[[nn.Module, tuple, list, str], Any]
+
+
+def inspect_parts(model: nn.Module, example_inputs: Any, inspect_part: InspectPart,
+                  leaf_modules: Iterable = (), root_error: UntraceableRoot | None = None,
+                  name: str | None = None) -> PartsReport:
+    """The ``PartsReport`` of ``model`` (``inspection.inspect_model`` hands itself in as
+    ``inspect_part``); raises ``root_error`` when no submodule traces."""
+    inputs = as_input_tuple(example_inputs)
+    found, skipped = find_traceable_parts(model, inputs, leaf_modules)
+    if not found:
+        raise root_error or UntraceableRoot(f"{type(model).__name__}: no submodule traces")
+    reason = str(root_error).split(". Fix:")[0] if root_error is not None else "untraceable"
+    if len(reason) > MAX_REASON:
+        reason = reason[:MAX_REASON - 3] + "..."
+    reports = []
+    for part in found:
+        module = model.get_submodule(part.qualname)
+        report = inspect_part(module, part.inputs, _inner_leaves(leaf_modules, part.qualname),
+                              f"part {part.qualname}")
+        for group in report.groups:  # names as in the whole model (and in its plan)
+            group["members"] = [_join(part.qualname, m) for m in group["members"]]
+        for leaf in report.leaves:
+            leaf["qualname"] = _join(part.qualname, leaf["qualname"])
+        reports.append((part.qualname, type(module).__name__, report))
+    return PartsReport(name or type(model).__name__, count_params(model), reason, reports, skipped)
+
+
+def _inner_leaves(leaf_modules: Iterable, qualname: str) -> list:
+    """``leaf_modules`` as seen from inside part ``qualname`` (types as they are, names relative)."""
+    return [x[len(qualname) + 1:] if isinstance(x, str) else x for x in leaf_modules
+            if not isinstance(x, str) or x.startswith(qualname + ".")]
+
+
 # -- one ranking over several parts ----------------------------------------------------------
 
 
@@ -427,12 +517,21 @@ def apply_parts(model: nn.Module, plan: PrunePlan, example_inputs: Any, apply_pa
         if not recorded or recorded[0] is None:
             raise PlanError(f"plan prunes part '{qualname}', which this model's forward does not call "
                             "with positional tensors")
-        inner = [x[len(qualname) + 1:] if isinstance(x, str) else x for x in leaf_modules
-                 if not isinstance(x, str) or x.startswith(qualname + ".")]
         replacements[qualname] = apply_part(model.get_submodule(qualname), sub_plan(plan, qualname),
-                                            recorded[0], inner)
+                                            recorded[0], _inner_leaves(leaf_modules, qualname))
     return _replace_parts(model, replacements)
 
 
-__all__ = ["prune_parts", "apply_parts", "merge_plans", "sub_plan",
-           "PartialPruneResult", "PrunedPart", "PartPruner", "select_across_parts", "union_graph"]
+__all__ = [
+    "PartPruner",
+    "PartialPruneResult",
+    "PartsReport",
+    "PrunedPart",
+    "apply_parts",
+    "inspect_parts",
+    "merge_plans",
+    "prune_parts",
+    "select_across_parts",
+    "sub_plan",
+    "union_graph",
+]
