@@ -293,9 +293,18 @@ class PReLU(ModuleRule):
 
 # ------------------------------------------------------------ functional parametric ops
 def _bias_tie(b, bias, atoms, where):
+    """Tie the bias to the output channels ``atoms``; when those are not channels (the
+    weight was computed through a reshape that froze them, timm's ScaledStdConv2d), the
+    bias is frozen too: left alone it would form a group of its own and be sliced."""
     bl = b.labels(bias)
-    if bl is not None and bl:
-        b.tie(atoms, bl[0], where) if bl[0] is not None else b.freeze(atoms, where)
+    if not bl:
+        return
+    if atoms is None:
+        b.freeze_labels(bl, where)
+    elif bl[0] is None:
+        b.freeze(atoms, where)
+    else:
+        b.tie(atoms, bl[0], where)
 
 
 def _functional_conv_macs(node):
@@ -321,8 +330,7 @@ def _functional_conv(b, node):
         b.tie(wl[1], xl[ch], f"node '{node.name}' weight input dim")
     else:
         b.freeze_labels([xl[ch], wl[1], wl[0]], f"grouped functional conv '{node.name}'")
-    if out_atoms is not None and bias is not None:
-        _bias_tie(b, bias, out_atoms, f"bias of '{node.name}'")
+    _bias_tie(b, bias, out_atoms, f"bias of '{node.name}'")
     return list(xl[:ch]) + [out_atoms] + [None] * spatial
 
 
@@ -341,8 +349,7 @@ def _functional_linear(b, node):
         b.tie(wl[1], xl[-1], f"node '{node.name}' weight input dim")
     else:
         b.freeze(xl[-1], f"linear '{node.name}' weight has a single input feature")
-    if wl[0] is not None and bias is not None:
-        _bias_tie(b, bias, wl[0], f"bias of '{node.name}'")
+    _bias_tie(b, bias, wl[0], f"bias of '{node.name}'")
     return list(xl[:-1]) + [wl[0]]
 
 

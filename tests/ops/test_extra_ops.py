@@ -118,6 +118,25 @@ class KeywordFunctional(nn.Module):
         return F.linear(input=y, weight=self.fc2.weight, bias=self.fc2.bias)
 
 
+class StandardisedConv(nn.Module):
+    """timm's ScaledStdConv2d (NFNets): the weight is standardised per output channel
+    through F.batch_norm on a reshaped copy, then passed to F.conv2d with the module's
+    bias. The reshape hides the weight's channels, so the bias must be kept with them."""
+
+    def __init__(self):
+        super().__init__()
+        self.std = nn.Conv2d(3, 16, 3, padding=1)
+        self.gain = nn.Parameter(torch.rand(16, 1, 1, 1) + 0.5)
+        self.conv1 = nn.Conv2d(16, 12, 1)
+        self.conv2 = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        weight = F.batch_norm(self.std.weight.reshape(1, 16, -1), None, None, weight=(self.gain * 0.2).view(-1),
+                              training=True, momentum=0.0, eps=1e-5).reshape_as(self.std.weight)
+        y = torch.relu(F.conv2d(x, weight, self.std.bias, padding=1))
+        return self.conv2(torch.relu(self.conv1(y)))
+
+
 @pytest.mark.parametrize("scorer,ratio,min_ratio", SETTINGS)
 @pytest.mark.parametrize("functional", [False, True])
 def test_pixel_shuffle_cuts_whole_blocks(scorer, ratio, min_ratio, functional):
@@ -184,3 +203,11 @@ def test_functional_layers_with_keyword_arguments(scorer, ratio, min_ratio):
     assert fxprune.count_macs(model, x) == 6 * 6 * 12 * 27 + 12 * 10 + 10 * 4
     result = prune_and_check(model, x, ratio, min_ratio, scorer)
     assert result.model.conv.weight.shape[0] < 12
+
+
+@pytest.mark.parametrize("scorer,ratio,min_ratio", SETTINGS)
+def test_bias_of_a_computed_weight_stays_with_its_frozen_channels(scorer, ratio, min_ratio):
+    result = prune_and_check(StandardisedConv(), torch.randn(2, 3, 6, 6), ratio, min_ratio, scorer)
+    assert result.model.std.bias.shape == (16,)  # was sliced alone: the slim model did not run
+    assert result.model.std.weight.shape == (16, 3, 3, 3)
+    assert result.model.conv1.out_channels < 12
