@@ -17,6 +17,7 @@ from torch import nn
 from . import defaults, io
 from .analysis import ChannelGraph
 from .blockers import describe_blockers
+from .composed import ComposedGraph, analyze_slim, check_both_target, split_budget
 from .cost import SizeChange, macs_report
 from .errors import ConfigError, PlanError
 from .ops import build_channel_graph
@@ -25,7 +26,7 @@ from .ops.heads import heads_kept
 from .partial import PartPruner, apply_parts, prune_parts
 from .plan import PrunePlan, keep_from_plan, make_plan
 from .scoring import class_scores, get_scorer
-from .selection import check_ratios, select_channels, select_for_target
+from .selection import check_ratios, parse_target, select_channels, select_for_target
 from .surgery import slim
 from .trace import UntraceableRoot, as_input_tuple, propagate_shapes, trace_model
 from .verify import oracle_masks
@@ -107,9 +108,14 @@ def analyze(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = (),
             copy_model: bool = True, heads: str = "dims") -> ChannelGraph:
     """Trace ``model`` and build its channel-dependency graph (``graph.gm`` owns a copy
     of the model unless ``copy_model=False``, see ``trace_model``). ``heads``: attention
-    heads are cut per head dim (``"dims"``) or as whole heads (``"whole"``)."""
+    heads are cut per head dim (``"dims"``), as whole heads (``"whole"``), or both
+    (``"both"``: a ``fxprune.composed.ComposedGraph`` refining the two analyses)."""
+    if check_heads(heads) == "both":
+        whole = analyze(model, example_inputs, leaf_modules, copy_model, "whole")
+        dims = analyze(model, example_inputs, leaf_modules, copy_model=False, heads="dims")
+        return ComposedGraph.build(whole, dims, as_input_tuple(example_inputs))
     gm = trace_model(model, example_inputs, leaf_modules, copy_model=copy_model)
-    return build_channel_graph(gm, {"heads": check_heads(heads)})
+    return build_channel_graph(gm, {"heads": heads})
 
 
 def prune(
@@ -137,7 +143,9 @@ def prune(
     ``target`` replaces ``ratio`` by a budget: ``"flops=0.3"`` (keep 30% of the MACs), or
     an object with ``select(graph, scores, example_inputs, min_ratio, round_to) -> keep``
     and ``describe() -> str`` (recorded in the plan), such as a latency target.
-    ``heads="whole"`` prunes whole attention heads instead of head dims; ``uniform``
+    ``heads="whole"`` prunes whole attention heads instead of head dims, ``heads="both"``
+    whole heads and then head dims (two passes, each removing ``1 - sqrt(1 - ratio)``,
+    composed into one result and plan: ``fxprune.composed``); ``uniform``
     prunes ``ratio`` of every group (Torch-Pruning's default) instead of ranking globally.
 
     Submodules that torch.fx cannot trace become leaves (kept whole, listed by
@@ -150,6 +158,8 @@ def prune(
     target_text = target if target is None or isinstance(target, str) else target.describe()
     config = PruneConfig(ratio, min_ratio, scorer_name, round_to, target_text, heads, uniform)
     inputs = as_input_tuple(example_inputs)
+    if check_heads(heads) == "both":
+        return _prune_both(model, inputs, config, scorer, target, leaf_modules, data, graph)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     if graph is None:  # read-only analysis: slim() and the scorers copy before writing
@@ -208,6 +218,37 @@ def _finish(graph: ChannelGraph, keep: np.ndarray, inputs: tuple, config: PruneC
     return result
 
 
+def _prune_both(model: nn.Module, inputs: tuple, config: PruneConfig, scorer: Any, target: Any,
+                leaf_modules: Iterable, data: Any, graph: ChannelGraph | None) -> PruneResult:
+    """``heads="both"``: whole heads on the dense model, then head dims on that slim model,
+    composed into one result over the dense model (see ``fxprune.composed``)."""
+    check_both_target(target)
+    if not isinstance(graph, ComposedGraph):
+        try:
+            graph = analyze(model, inputs, leaf_modules, copy_model=False, heads="both")
+        except UntraceableRoot as exc:
+            raise ConfigError(f"heads='both' needs a model whose forward traces ({exc}); "
+                              "use heads='whole' or heads='dims'") from exc
+    ratio, min_ratio = split_budget(config.ratio, config.min_ratio)
+    macs_goal = parse_target(target) if target is not None else None
+    first = prune(model, inputs, ratio, min_ratio, scorer, data=data, graph=graph.whole,
+                  heads="whole", uniform=config.uniform,
+                  target=None if macs_goal is None else f"flops={macs_goal ** 0.5:.6g}")
+    stage_two = analyze_slim(first.model, inputs, "dims")
+    if macs_goal is not None:  # what is left of the MAC budget, relative to stage one
+        rest = min(1.0, macs_goal * first.macs_before / max(1, first.macs_after))
+    second = prune(first.model, inputs, ratio, min_ratio, scorer, data=data, graph=stage_two,
+                   heads="dims", uniform=config.uniform, round_to=config.round_to,
+                   target=None if macs_goal is None else f"flops={rest:.6g}")
+    keep = graph.compose(first.keep, stage_two, second.keep)
+    times = {k: first.seconds.get(k, 0.0) + second.seconds.get(k, 0.0)
+             for k in {**first.seconds, **second.seconds}}
+    result = PruneResult(second.model, None, graph, keep, first.params_before,  # type: ignore[arg-type]
+                         second.params_after, first.macs_before, second.macs_after, times)
+    result.plan = make_plan(graph, keep, config.to_dict(), result.summary())
+    return result
+
+
 def apply_plan(model: nn.Module, plan: PrunePlan | dict | str | os.PathLike, example_inputs: Any,
                leaf_modules: Iterable = ()) -> fx.GraphModule:
     """Re-apply a plan (object, dict, or path to ``plan.json``) to a fresh instance of the
@@ -222,6 +263,9 @@ def apply_plan(model: nn.Module, plan: PrunePlan | dict | str | os.PathLike, exa
             return apply_plan(part, part_plan, part_inputs, leaves)
 
         return apply_parts(model, plan, example_inputs, apply_part, leaf_modules)
+    if plan.settings.get("heads") == "both":  # two composed passes: replay both stages
+        graph = analyze(model, example_inputs, leaf_modules, heads="both")
+        return graph.slim(keep_from_plan(graph, plan))
     removed = plan.settings.get("removed_sections") or []
     if removed:  # a train-prune plan: drop the removed residual sections first
         from .sections import find_sections, remove_sections

@@ -66,11 +66,13 @@ class ClassMasks:
         self.graph = graph
         self.keep = keep
 
-    def labels(self, node: fx.Node) -> Any:
-        return node.meta.get(META_LABELS)
+    def dim_masks(self, node: fx.Node) -> Any:
+        """Per output dim of ``node``, the keep mask along it (None: not a channel dim),
+        nested like the output (tuples of tensors)."""
+        return label_masks(node.meta.get(META_LABELS), self.classes)
 
-    def array(self, node: fx.Node, dim: int, atoms: np.ndarray) -> np.ndarray:
-        """Keep mask of the label array ``atoms`` on dim ``dim`` of ``node``'s output."""
+    def classes(self, atoms: np.ndarray) -> np.ndarray:
+        """Keep mask of a label array (atoms as members of their classes)."""
         return self.keep[self.graph.atom_class[atoms]]
 
     def atoms(self, atoms: np.ndarray) -> np.ndarray:
@@ -79,6 +81,17 @@ class ClassMasks:
 
     def space(self, space: Space) -> np.ndarray:
         return self.atoms(space.atoms)
+
+
+def label_masks(labels: Any, keep_of) -> Any:
+    """Labels -> the same structure with each label array replaced by ``keep_of(array)``."""
+    if labels is None:
+        return None
+    if isinstance(labels, list) and all(a is None or isinstance(a, np.ndarray) for a in labels):
+        return [None if a is None else keep_of(a) for a in labels]
+    if isinstance(labels, (tuple, list)):
+        return type(labels)(label_masks(x, keep_of) for x in labels)
+    return None
 
 
 def oracle_masks(graph: ChannelGraph, keep: np.ndarray) -> ClassMasks:
@@ -103,8 +116,8 @@ class _MaskedInterpreter(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
-        labels = self.masks.labels(n)
-        return self._mask(n, out, labels) if labels is not None else out
+        masks = self.masks.dim_masks(n)
+        return self._mask(out, masks) if masks is not None else out
 
     def call_module(self, target, args, kwargs):
         # a leaf with channels inside (attention heads) gives its own masked reference
@@ -114,13 +127,10 @@ class _MaskedInterpreter(fx.Interpreter):
         ref = rule.masked(module, masks) if rule is not None else None
         return (ref if ref is not None else module)(*args, **kwargs)
 
-    def _mask(self, node, value, labels):
-        if isinstance(value, torch.Tensor) and isinstance(labels, list):
-            for d, arr in enumerate(labels):
-                if arr is None or d >= value.dim():
-                    continue
-                m = self.masks.array(node, d, arr)
-                if m.all():
+    def _mask(self, value, masks):
+        if isinstance(value, torch.Tensor) and isinstance(masks, list):
+            for d, m in enumerate(masks):
+                if not isinstance(m, np.ndarray) or d >= value.dim() or m.all():
                     continue
                 shape = [1] * value.dim()
                 shape[d] = len(m)
@@ -130,8 +140,8 @@ class _MaskedInterpreter(fx.Interpreter):
                 value = torch.where(mask, value, torch.zeros((), dtype=value.dtype,
                                                              device=value.device))
             return value
-        if isinstance(value, (tuple, list)) and isinstance(labels, (tuple, list)):
-            return type(value)(self._mask(node, v, lab) for v, lab in zip(value, labels))
+        if isinstance(value, (tuple, list)) and isinstance(masks, (tuple, list)):
+            return type(value)(self._mask(v, m) for v, m in zip(value, masks))
         return value
 
 
@@ -220,4 +230,5 @@ def verify_equivalence(graph: ChannelGraph, keep: np.ndarray, slim_model: torch.
     return EquivalenceReport(False, diff, scale, diff <= tol, detail, fraction, n_pruned)
 
 
-__all__ = ["verify_equivalence", "masked_forward", "oracle_masks", "EquivalenceReport", "ClassMasks"]
+__all__ = ["verify_equivalence", "masked_forward", "oracle_masks", "label_masks", "EquivalenceReport",
+           "ClassMasks"]

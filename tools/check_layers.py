@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "fxprune.surgery": 5,
     "fxprune.plan": 5,
     "fxprune.verify": 5,
+    "fxprune.composed": 5,  # heads="both": two passes composed into one graph and plan
     "fxprune.sections": 5,
     "fxprune.blockers": 5,
     "fxprune.api": 6,

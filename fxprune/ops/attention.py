@@ -6,7 +6,9 @@ cut in one of two ways, chosen by the analysis option ``heads`` (see
 ``layout.reshape_labels``): ``"dims"`` (the default, as Torch-Pruning's
 ``prune_head_dims``) makes one class per head dim shared by every head, so all heads keep
 the same dims and stay rectangular; ``"whole"`` makes one class per head, so whole heads
-go. q and k meet in the contraction ``q @ k^T`` (their dims are cut together); v and the
+go. ``"both"`` is not one partition (a head AND a dim is a product of two classes):
+``fxprune.composed`` runs ``"whole"`` then ``"dims"`` and composes the two; an op rule
+never sees it. q and k meet in the contraction ``q @ k^T`` (their dims are cut together); v and the
 output projection form their own group; with GQA the batch-dim merge of ``q @ k^T``
 puts a kv head together with the q heads that share it.
 
@@ -37,7 +39,7 @@ from ..errors import ConfigError
 from .common import arg, merge_broadcast, norm_dim, numel, out_shape, shape_of
 from .registry import ModuleRule, register_function, register_method, register_module
 
-HEADS_MODES = ("dims", "whole")
+HEADS_MODES = ("dims", "whole", "both")
 
 
 def check_heads(heads: str) -> str:
@@ -47,7 +49,11 @@ def check_heads(heads: str) -> str:
 
 
 def heads_mode(b: Builder) -> str:
-    return b.options.get("heads", "dims")
+    mode = b.options.get("heads", "dims")
+    if mode not in ("dims", "whole"):
+        raise ConfigError(f"one analysis cuts heads per dim or whole, not {mode!r}: heads='both' "
+                          "is two composed passes (fxprune.analyze / fxprune.prune handle it)")
+    return mode
 
 
 def couple_heads(b: Builder, atoms: np.ndarray, heads: int, mode: str) -> None:

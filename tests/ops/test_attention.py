@@ -516,3 +516,100 @@ def test_macs_counted_for_attention_ops():
     einsum = H * N * N * Dh
     addmm = N * 32 * 32
     assert macs == mha + sdpa + einsum + addmm
+
+
+# ------------------------------------------------------------ heads="both"
+BOTH_MODELS = {
+    "mha": lambda: Block(MHA("float")),
+    "sdpa-packed": lambda: Block(PackedQKV(fused=True)),
+    "nanogpt": lambda: Block(NanoGPTAttention(fused=False)),
+    "nanogpt-sdpa": lambda: Block(NanoGPTAttention(fused=True)),
+    # 4 kv heads, each shared by 2 q heads: uniform 1 - sqrt(0.5) of 4 kv groups is one
+    "gqa-rope": lambda: Block(GQARoPE(heads=8, kv_heads=4)),
+}
+# global L1 on random weights may keep every head (a head's class score sums 3 x Dh
+# channels); uniform cuts every group, so both kinds must shrink there
+BOTH_SETTINGS = [
+    pytest.param("synflow", 0.85, 0.15, False, id="synflow-0.85"),
+    pytest.param("l1", 0.5, 0.15, False, id="l1-0.5"),
+    pytest.param("l1", 0.5, 0.15, True, id="l1-0.5-uniform"),
+]
+
+
+def test_both_graph_refines_whole_heads_and_head_dims():
+    from fxprune.composed import ComposedGraph
+
+    g = fxprune.analyze(Block(NanoGPTAttention()).eval(), X, heads="both")
+    assert isinstance(g, ComposedGraph)
+    # q/k and v channels of the 4 heads x 8 dims: one class per (head, dim) pair
+    attn = next(gr for gr in g.groups if "attn.c_attn.out_features" in gr.members)
+    assert attn.size == 4 * 8 * 2
+    assert [gr.size for gr in g.groups if gr.prunable] == [32, 64, 64]
+
+
+@pytest.mark.parametrize("name", list(BOTH_MODELS))
+@pytest.mark.parametrize("scorer,ratio,min_ratio,uniform", BOTH_SETTINGS)
+def test_both_prunes_heads_and_head_dims(name, scorer, ratio, min_ratio, uniform):
+    torch.manual_seed(0)
+    model = BOTH_MODELS[name]().eval()
+    r = prune_and_check(model, X, ratio=ratio, min_ratio=min_ratio, scorer=scorer,
+                        heads="both", uniform=uniform)
+    (row,) = r.summary()["attention"]
+    heads, head_dim = (8, 4) if name == "gqa-rope" else (4, 8)
+    assert row["heads_before"] == heads and row["head_dim_before"] == head_dim
+    if scorer == "synflow" or uniform:
+        # q/k and v dims share one group: what shrinks may be either
+        assert row["heads_after"] < heads and min(row["head_dims_after"]) < head_dim, row
+    # the plan is relative to the dense model and replays to the same slim model
+    replayed = fxprune.apply_plan(model, r.plan.to_dict(), X)
+    with torch.no_grad():
+        assert torch.allclose(replayed(X), r.model(X), atol=1e-6)
+    assert r.plan.settings["heads"] == "both"
+
+
+def test_both_mha_module_attributes():
+    torch.manual_seed(0)
+    r = prune_and_check(Block(MHA("bool")), X, ratio=0.5, scorer="l1", heads="both",
+                        uniform=True)
+    mha = r.model.attn.mha
+    # uniform 1 - sqrt(0.5): one of 4 heads goes, then 2 of the remaining 3 x 8 dims
+    assert mha.num_heads == 3 and mha.head_dim < 8
+    assert mha.embed_dim == mha.num_heads * mha.head_dim == r.model.emb.out_features
+
+
+def test_both_budget_multiplies_to_the_ratio():
+    from fxprune.composed import split_budget
+
+    ratio, min_ratio = split_budget(0.75, 0.25)
+    assert (1 - ratio) ** 2 == pytest.approx(0.25) and min_ratio ** 2 == pytest.approx(0.25)
+    torch.manual_seed(0)
+    r = fxprune.prune(Block(NanoGPTAttention()).eval(), X, ratio=0.75, scorer="l1",
+                      heads="both", uniform=True)
+    mlp = next(g for g in r.graph.groups if "fc.out_features" in g.members)
+    # 64 MLP channels: 64 -> 32 -> 16 kept, (1 - 0.5) ** 2 = 0.25 overall
+    assert int(r.keep[mlp.classes].sum()) == 16
+
+
+def test_both_flops_target_and_bad_target():
+    torch.manual_seed(0)
+    model = Block(NanoGPTAttention()).eval()
+    r = fxprune.prune(model, X, target="flops=0.4", scorer="l1", heads="both")
+    assert r.macs_after <= 0.4 * r.macs_before * 1.05
+    with pytest.raises(fxprune.ConfigError, match="both"):
+        class Budget:
+            def select(self, *a):
+                raise AssertionError
+
+            def describe(self):
+                return "budget"
+
+        fxprune.prune(model, X, target=Budget(), heads="both")
+
+
+def test_one_analysis_refuses_both():
+    from fxprune.ops import build_channel_graph
+    from fxprune.trace import trace_model
+
+    gm = trace_model(Block(NanoGPTAttention()).eval(), X)
+    with pytest.raises(fxprune.ConfigError, match="two composed passes"):
+        build_channel_graph(gm, {"heads": "both"})
