@@ -2,60 +2,60 @@
 defined in ``fxprune.cli.root`` with its commands in ``prune``, ``deploy``, ``train`` and
 ``hpo.cli``).
 
-This module imports nothing but ``os``, ``signal`` and ``sys``, so the console script
-reaches ``main`` a few milliseconds after Python starts. ``main`` first makes Ctrl-C exit
-with one line and code 130, then imports the app (typer, rich: ~0.15 s) and runs it; from
-then on an interrupt is a ``KeyboardInterrupt`` that the command's ``cli_errors`` turns into
-one line saying what was left behind. Only Python's own start-up (``site``, before any of
-fxprune runs) is outside its reach: an interrupt there ends the process by the signal.
+Ctrl-C at any moment prints one line and exits 130. This module imports nothing but
+``os``, ``sys`` and ``fxprune.cli.interrupts``, so the console script reaches ``main`` a
+few milliseconds after Python starts. ``main`` first installs ``exit_on_interrupt`` (one
+line, exit 130, at once: nothing is written yet), then imports the app (typer, rich:
+~0.15 s) and parses the command line. While a command runs, its ``cli_errors`` lets
+Ctrl-C raise ``KeyboardInterrupt`` instead, so that half-written outputs are removed and
+the line says what was left behind. Only what runs before ``main`` is out of reach:
+Python's own start-up (``site``) and the import of the ``fxprune`` package, about 15 ms on
+an idle machine (more when loaded); an interrupt there ends the process by the signal,
+or, inside ``site``, with Python's "Fatal Python error" text.
+
+Usage errors (an unknown option, a bad value, a missing argument) are one ``error:`` line
+too, naming the help to read, instead of click's boxed usage text.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Any
 
-INTERRUPTED_LINE = b"error: interrupted\n"
-
-
-def _interrupted_while_starting(signum: int, frame: Any) -> None:
-    # Nothing is written yet and the app is half imported: say one line and leave at once
-    # (no exception unwinding through importlib, no atexit hooks, no second traceback).
-    os.write(2, INTERRUPTED_LINE)
-    os._exit(130)
+from fxprune.cli.interrupts import INTERRUPTED_LINE, install
 
 
 def main() -> None:
-    """The console script ``fxprune``: Ctrl-C at any moment prints one line and exits 130."""
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.SIG_IGN:  # started in the background (`fxprune ... &`): stay deaf
-        previous = None
-    else:
-        try:
-            signal.signal(signal.SIGINT, _interrupted_while_starting)
-        except ValueError:  # not the main thread: signals are not ours to handle
-            previous = None
+    """The console script ``fxprune``."""
+    install()  # Ctrl-C: one line and exit 130, before anything heavy is imported
     try:
         from fxprune.cli.common import error_line
         from fxprune.cli.root import app
 
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)  # a KeyboardInterrupt again, for cli_errors
-        try:
-            app()
-        except SystemExit as done:
-            # typer turns Ctrl-C outside a command (while parsing) into a silent exit 130
-            inner = done.__context__
-            if done.code == 130 and isinstance(getattr(inner, "__cause__", None), KeyboardInterrupt):
-                error_line("interrupted")
-            raise
-    except KeyboardInterrupt:
-        if previous is not None:  # a second Ctrl-C while this line is written: the same line
-            signal.signal(signal.SIGINT, _interrupted_while_starting)
+        code = run(app, error_line)
+    except KeyboardInterrupt:  # only where the handler could not be installed
         os.write(2, INTERRUPTED_LINE)
-        sys.exit(130)
+        code = 130
+    sys.exit(code)
+
+
+def run(app: Any, error_line: Any) -> int:
+    """Run the typer app outside click's standalone mode, so that a usage error is one
+    ``error:`` line like every other mistake. Returns the exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:  # click's exceptions (vendored by typer): a usage error
+        message, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if message is None or not isinstance(exit_code, int):
+            raise
+        text = message().strip()
+        if text and "\n" not in text:  # "fxprune" alone raises one whose help is printed
+            context = getattr(exc, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            error_line(text.rstrip(".") + hint)
+        return exit_code
+    return code if isinstance(code, int) else 0
 
 
 def __getattr__(name: str) -> Any:
@@ -66,4 +66,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'fxprune.cli' has no attribute {name!r}")
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "run"]

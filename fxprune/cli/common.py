@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
+from fxprune.cli.interrupts import interrupts_raised
 from fxprune.errors import ConfigError, FxPruneError
 
 INTERRUPTED = "interrupted; nothing was written"
@@ -47,14 +48,15 @@ def error_line(message: str) -> None:
 def cli_errors(interrupted: str = INTERRUPTED) -> Iterator[None]:
     """The one error wrapper: ``FxPruneError`` -> one line + its exit code; Ctrl-C -> one
     line + 130. ``interrupted`` says what an interruption leaves behind."""
-    try:
-        yield
-    except FxPruneError as exc:
-        error_line(str(exc))
-        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
-    except KeyboardInterrupt:
-        error_line(interrupted)
-        raise typer.Exit(130) from None
+    with interrupts_raised():
+        try:
+            yield
+        except FxPruneError as exc:
+            error_line(str(exc))
+            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+        except KeyboardInterrupt:
+            error_line(interrupted)
+            raise typer.Exit(130) from None
 
 
 def command(app: typer.Typer, name: str, interrupted: str = INTERRUPTED) -> Callable:
@@ -128,7 +130,7 @@ REGISTRIES: dict[str, Callable[[], list[str]]] = {
 # tests/cli/test_cli_common.py checks each equals its registry.
 HELP_CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "scorers": ("fxprune.scoring", ("l1", "random", "synflow", "synflow_flops")),
-    "heads": ("fxprune.ops.attention", ("dims", "whole")),
+    "heads": ("fxprune.ops.attention", ("dims", "whole", "both")),
     "providers": ("fxprune.deploy.runtime", ("auto", "cpu", "cuda", "tensorrt")),
 }
 
@@ -146,7 +148,7 @@ def check_choice(option: str, value: str, registry: str) -> str:
     """``value`` if the registry holds it, else one ``ConfigError`` line listing the choices."""
     names = REGISTRIES[registry]()
     if value not in names:
-        noun = registry.removesuffix("s")
+        noun = "heads mode" if registry == "heads" else registry.removesuffix("s")
         raise ConfigError(f"unknown {noun} {value!r} ({option}); choose one of {', '.join(names)}")
     return value
 

@@ -106,7 +106,8 @@ def prune_command(
     verify: Annotated[bool, typer.Option(
         help="Check slim == masked dense on the example input.")] = True,
     heads: Annotated[str, typer.Option(
-        help="Attention heads ({heads}): cut per head dim shared by all heads, or whole heads.")
+        help="Attention heads ({heads}): dims = per head dim shared by all heads, whole = whole "
+             "heads, both = whole heads then head dims.")
     ] = "dims",
     uniform: Annotated[bool, typer.Option(
         "--uniform", help="Prune --ratio of every group, as Torch-Pruning does, instead of "
