@@ -396,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun", action="store_true",
                         help="run again the (model, tool) pairs already in sweep.json (after a fix)")
     parser.add_argument("--out", type=Path, default=Path("sweep"), help="folder for sweep.json/sweep.md")
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="merge this folder's sweep.json into --out (a chunk run elsewhere); runs nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        return _merge(args.out, args.merge)
     tools = [t for t in args.tools.split(",") if t]
     if any(t not in TOOLS for t in tools):
         parser.error(f"--tools: choose from {','.join(TOOLS)}")
@@ -439,11 +443,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _merge(out: Path, folders: list[Path]) -> int:
+    """Fold other sweeps' results into ``out``: a (model, tool) result from a merged
+    folder replaces the one in ``out``; models new to ``out`` are appended in order."""
+    target = out / "sweep.json"
+    data = json.loads(target.read_text()) if target.is_file() else {"commands": [], "results": []}
+    rows, commands = data["results"], data["commands"]
+    by_key = {(r["suite"], r["model"]): r for r in rows}
+    for folder in folders:
+        other = json.loads((folder / "sweep.json").read_text())
+        commands += [c for c in other.get("commands", []) if c not in commands]
+        for incoming in other["results"]:
+            row = by_key.get((incoming["suite"], incoming["model"]))
+            if row is None:
+                row = by_key[incoming["suite"], incoming["model"]] = {"suite": incoming["suite"],
+                                                                       "model": incoming["model"]}
+                rows.append(row)
+            row.update({t: incoming[t] for t in TOOLS if t in incoming})
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out, rows, commands)
+    return 0
+
+
 def _write(out: Path, rows: list[dict[str, Any]], commands: list[str]) -> None:
     from fxprune.io import atomic_write_json, atomic_write_text
 
     settings = (f"Ratio {RATIO} by L1 for both tools (fxprune min_ratio 0.15), random weights, one torch "
                 "thread, each (model, tool) in its own process with the cap given with each command.")
+    rows = sorted(rows, key=lambda r: SUITES.index(r["suite"]))  # stable: a suite's own order stays
     atomic_write_json(out / "sweep.json", {"commands": commands, "ratio": RATIO, "results": rows})
     atomic_write_text(out / "sweep.md", markdown(rows, list(TOOLS), commands, settings))
 
