@@ -12,8 +12,8 @@ replaced by their slim GraphModules. Everything outside the parts runs unchanged
 Ranking is global across the parts, as for a whole model: every part is scored on the
 inputs it was called with, the scores of all parts' channel classes go into one ranking
 (``select_across_parts``: the lowest ``ratio`` of all prunable classes are cut, then each
-group and layer dimension gets its ``min_ratio`` floor back), and each part is slimmed
-with its share of that one keep mask. A ``flops=`` target budgets the parts' MACs
+group and layer dimension gets its ``min_ratio`` floor back, as ``select_channels`` does
+for one graph), and each part is slimmed with its share of that one selection. A ``flops=`` target budgets the parts' MACs
 together; a target object (a latency target) still selects part by part. A part whose
 slim copy fails the oracle on any of its calls is kept dense (its share of the cut is not
 given to another part); a part that loses no channel in the ranking stays as it was.
@@ -34,7 +34,7 @@ This module sits next to ``api`` and never imports it: ``api.prune`` hands it a
 from __future__ import annotations
 
 import copy
-import dataclasses
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -376,62 +376,55 @@ def _inner_leaves(leaf_modules: Iterable, qualname: str) -> list:
 # -- one ranking over several parts ----------------------------------------------------------
 
 
-def union_graph(graphs: list[ChannelGraph]) -> tuple[ChannelGraph, np.ndarray]:
-    """The parts' channel graphs side by side as one graph (classes, groups, atoms and
-    spaces renumbered; space keys prefixed ``"{i}:"``), so ``select_channels`` ranks them
-    together; and each part's first class id (``offsets[i]:offsets[i + 1]``)."""
-    class_offsets = np.cumsum([0] + [g.num_classes for g in graphs])
-    atom_offsets = np.cumsum([0] + [len(g.atom_class) for g in graphs])
-    group_offsets = np.cumsum([0] + [len(g.groups) for g in graphs])
-    spaces: dict[str, Any] = {}
-    groups = []
-    for i, g in enumerate(graphs):
-        for key, space in g.spaces.items():
-            spaces[f"{i}:{key}"] = dataclasses.replace(space, key=f"{i}:{key}",
-                                                       atoms=space.atoms + atom_offsets[i])
-        groups += [dataclasses.replace(group, id=group.id + int(group_offsets[i]),
-                                       classes=group.classes + class_offsets[i]) for group in g.groups]
-    union = ChannelGraph(
-        gm=None,  # type: ignore[arg-type]
-        atom_class=np.concatenate([g.atom_class + class_offsets[i] for i, g in enumerate(graphs)]),
-        class_group=np.concatenate([g.class_group + group_offsets[i] for i, g in enumerate(graphs)]),
-        class_frozen=np.concatenate([g.class_frozen for g in graphs]),
-        class_reason=[r for g in graphs for r in g.class_reason],
-        class_inexact=np.concatenate([g.class_inexact for g in graphs]),
-        spaces=spaces, groups=groups, unhandled=[u for g in graphs for u in g.unhandled])
-    return union, class_offsets
-
-
 def select_across_parts(graphs: list[ChannelGraph], scores: list[np.ndarray],
                         parts: list[TraceablePart], pruner: PartPruner) -> list[np.ndarray]:
-    """One keep mask per part from one global selection (``select_channels`` on the
-    union of the parts' graphs; for ``flops=`` the cut that brings the parts' summed MACs,
-    each part weighted by its calls' batch, to the budget). A target object selects per part."""
+    """One keep mask per part from one global selection: the lowest ``ratio`` of all the
+    parts' prunable classes (ties: earlier part, then lower class id) are cut, then each
+    part's floors apply (``select_channels`` on that part with its share of the cut: the
+    floors are per group, layer dimension and tensor dim, all inside one part). For
+    ``flops=`` the global ratio whose parts' summed MACs (each part weighted by its calls'
+    batch) reach the budget. A target object selects per part."""
     if pruner.target is not None and not isinstance(pruner.target, str):
         return [pruner.target.select(g, s, p.inputs, pruner.min_ratio, pruner.round_to)
                 for g, s, p in zip(graphs, scores, parts)]
-    union, offsets = union_graph(graphs)
-    every = np.concatenate(scores)
 
-    def select(ratio: float) -> np.ndarray:
-        return select_channels(union, every, ratio, pruner.min_ratio, pruner.round_to, uniform=pruner.uniform)
+    def select(ratio: float) -> list[np.ndarray]:
+        shares = ([ratio] * len(graphs) if pruner.uniform  # per group anyway: no global cut
+                  else _shares_of_global_cut(graphs, scores, ratio))
+        return [select_channels(g, s, share, pruner.min_ratio, pruner.round_to, uniform=pruner.uniform)
+                for g, s, share in zip(graphs, scores, shares)]
 
     if pruner.target is None:
-        keep = select(pruner.ratio)
-    else:
-        keep = _select_for_macs(graphs, parts, offsets, parse_target(pruner.target), select)
-    return [keep[offsets[i]:offsets[i + 1]] for i in range(len(graphs))]
+        return select(pruner.ratio)
+    return _select_for_macs(graphs, parts, parse_target(pruner.target), select)
 
 
-def _select_for_macs(graphs: list[ChannelGraph], parts: list[TraceablePart], offsets: np.ndarray,
-                     fraction: float, select: Callable[[float], np.ndarray]) -> np.ndarray:
+def _shares_of_global_cut(graphs: list[ChannelGraph], scores: list[np.ndarray], ratio: float) -> list[float]:
+    """For each part, the ratio that makes ``select_channels`` cut exactly the part's
+    classes among the ``floor(ratio * N)`` lowest-scored of all N prunable classes."""
+    candidates = [np.flatnonzero(~g.class_frozen) for g in graphs]
+    owner = np.concatenate([np.full(len(c), i) for i, c in enumerate(candidates)])
+    order = np.concatenate([np.arange(len(c)) for c in candidates])  # tie-break after the part
+    every = np.concatenate([s[c] for s, c in zip(scores, candidates)])
+    n_prune = math.floor(ratio * len(every) + 1e-9)
+    cut = owner[np.lexsort((order, owner, every))[:n_prune]]
+    counts = np.bincount(cut, minlength=len(graphs))
+    # select_channels cuts floor(share * size + 1e-9) classes; a share must stay below 1
+    return [min(int(n) / len(c), _BELOW_ONE) if len(c) else 0.0 for n, c in zip(counts, candidates)]
+
+
+_BELOW_ONE = math.nextafter(1.0, 0.0)
+
+
+def _select_for_macs(graphs: list[ChannelGraph], parts: list[TraceablePart], fraction: float,
+                     select: Callable[[float], list[np.ndarray]]) -> list[np.ndarray]:
     """Bisection on the global channel ratio until the parts' MACs reach ``fraction``
     (``selection.select_for_target`` for several graphs)."""
     models = [CostModel(g) for g in graphs]
     weights = [sum(args[0].shape[0] if args[0].dim() else 1 for args in p.calls) for p in parts]
 
-    def macs(keep: np.ndarray) -> float:
-        return sum(w * m.macs(keep[offsets[i]:offsets[i + 1]]) for i, (m, w) in enumerate(zip(models, weights)))
+    def macs(keeps: list[np.ndarray]) -> float:
+        return sum(w * m.macs(k) for m, w, k in zip(models, weights, keeps))
 
     goal = fraction * sum(w * m.total for m, w in zip(models, weights))
     lo, hi = 0.0, 0.999
@@ -440,9 +433,9 @@ def _select_for_macs(graphs: list[ChannelGraph], parts: list[TraceablePart], off
         return best  # the floors keep more than the budget; closest we can get
     for _ in range(20):
         mid = (lo + hi) / 2
-        keep = select(mid)
-        if macs(keep) <= goal:
-            hi, best = mid, keep
+        keeps = select(mid)
+        if macs(keeps) <= goal:
+            hi, best = mid, keeps
         else:
             lo = mid
     return best
@@ -533,5 +526,4 @@ __all__ = [
     "prune_parts",
     "select_across_parts",
     "sub_plan",
-    "union_graph",
 ]

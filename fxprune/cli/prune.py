@@ -126,6 +126,7 @@ def prune_command(
 
     from fxprune import io
     from fxprune.api import PruneConfig, prune
+    from fxprune.blockers import kept_whole
     from fxprune.inspection import widths_table
     from fxprune.verify import verify_equivalence
 
@@ -177,6 +178,9 @@ def prune_command(
             from fxprune.errors import ConfigError
 
             raise ConfigError(f"slim model does not match the masked dense model: {check}")
+    kept = kept_whole(result)  # leaves and parts left unpruned, with why (fxprune.blockers)
+    if kept:
+        console.print(kept)
     if folder is None:
         return
     settings = result.plan.settings
@@ -185,7 +189,7 @@ def prune_command(
         io.write_slim(tmp, result.model, inputs, {"model": model, "settings": settings}, specs)
         io.atomic_write_text(tmp / io.PLAN_FILE, result.plan.to_json())
         io.atomic_write_json(tmp / io.SUMMARY_FILE, {
-            **(shown or result).summary(), "model": model, "settings": settings,
+            **(shown or result).summary(), **kept.to_dict(), "model": model, "settings": settings,
             "equivalence": details[0] if len(details) == 1 else details or None})
     console.print(f"wrote {out}/ ({io.SLIM_FILE}, {io.META_FILE}, {io.PLAN_FILE}, "
                   f"{io.SUMMARY_FILE}); load with fxprune.load_slim('{out}')", soft_wrap=True)
