@@ -396,11 +396,17 @@ def cache_path(print_: dict[str, Any], cache_dir: str | os.PathLike | None) -> P
     return Path(cache_dir or default_cache_dir()) / f"{print_['model']}-{digest}.json"
 
 
-def widths_to_measure(spec: LayerSpec, side: str, block: int) -> list[int]:
+def widths_to_measure(spec: LayerSpec, side: str, block: int, small: list[int] | tuple[int, ...] = ()) -> list[int]:
     """Where one side of a layer is measured: ``FRACTIONS`` of its dense width, rounded up
-    to the side's block (the widths a selection will actually use)."""
+    to the side's block (the widths a selection will actually use); where a fraction falls
+    below the block, the nearest efficient small width too (else a narrow path the sweep
+    found would be invisible between the dense width and the block)."""
     dense = spec.out_channels if side == "out" else spec.in_channels
     chosen = {min(dense, max(block, -(-round(f * dense) // block) * block)) for f in FRACTIONS}
+    for f in FRACTIONS:
+        wanted = f * dense
+        if small and wanted < block:
+            chosen.add(min((w for w in small if w < dense), key=lambda w: abs(w - wanted), default=dense))
     return sorted(chosen - {dense})
 
 
@@ -495,14 +501,14 @@ def _measure_layer(spec: LayerSpec, table: LatencyTable, timer) -> dict[str, Any
     dense = timer(spec, cin, cout)
     entry: dict[str, Any] = {"dense": dense, "out": {cout: dense}, "in": {cin: dense}}
     if spec.depthwise:
-        for width in widths_to_measure(spec, "out", table.block_for(spec, "out")):
+        for width in widths_to_measure(spec, "out", table.block_for(spec, "out"), table.small_for(spec, "out")):
             if width != cout:
                 entry["out"][width] = timer(spec, width, width)
         entry["base"] = 0.0
         entry["in"] = {}
         return entry
     for side in ("out", "in"):
-        for width in widths_to_measure(spec, side, table.block_for(spec, side)):
+        for width in widths_to_measure(spec, side, table.block_for(spec, side), table.small_for(spec, side)):
             if width not in entry[side]:
                 entry[side][width] = timer(spec, cin, width) if side == "out" else timer(spec, width, cout)
     # corner: both sides at their smallest measured width -> the time that does not shrink
