@@ -270,9 +270,7 @@ def claim(study: optuna.Study, job: Job, config: HpoConfig) -> optuna.Trial | No
             warnings.filterwarnings("ignore", message="Heartbeat")  # we beat it ourselves
             trial = study.ask()
         trial.set_user_attr("owner", owner_stamp(config))
-        trial.set_user_attr("heartbeat", time.time())
-        if _optuna.has_heartbeat(study):  # from the first moment: fail_stale_trials sees it
-            _optuna.record_heartbeat(study, trial)
+        beat(study, trial)  # from the first moment (RDB: fail_stale_trials sees it)
         if "seed" not in trial.user_attrs:  # below FINAL_SEED_OFFSET: never a final's seed
             trial.set_user_attr("seed", 1 + (job.sampler_seed + trial.number) % 900_000)
         _ACTIVE_TRIALS.add(_optuna.trial_id(trial))
