@@ -197,7 +197,8 @@ def verify_equivalence(graph: ChannelGraph, keep: np.ndarray, slim_model: torch.
         diff, scale = _max_diff(ref, got)
         tol = rtol * max(1.0, scale)
         return EquivalenceReport(True, diff, scale, diff <= tol,
-                                 f"max |slim - masked dense| = {diff:.3g} (tolerance {tol:.3g})",
+                                 f"max |slim - masked dense| = {diff:.3g} (tolerance {tol:.3g}); "
+                                 f"all {n_pruned:,} pruned channel classes checked numerically",
                                  1.0, n_pruned)
     variant = keep | graph.class_inexact  # every inexact class kept whole
     n_numeric = n_pruned - n_inexact
@@ -230,5 +231,16 @@ def verify_equivalence(graph: ChannelGraph, keep: np.ndarray, slim_model: torch.
     return EquivalenceReport(False, diff, scale, diff <= tol, detail, fraction, n_pruned)
 
 
-__all__ = ["verify_equivalence", "masked_forward", "oracle_masks", "label_masks", "EquivalenceReport",
+def numeric_share(reports: list[EquivalenceReport]) -> float | None:
+    """Share of the pruned channel classes checked numerically over several reports (the
+    parts of a model pruned part by part), weighted by their pruned classes."""
+    pruned = sum(r.pruned_classes for r in reports)
+    if not reports:
+        return None
+    if not pruned:
+        return 1.0
+    return sum(r.numeric_fraction * r.pruned_classes for r in reports) / pruned
+
+
+__all__ = ["verify_equivalence", "numeric_share", "masked_forward", "oracle_masks", "label_masks", "EquivalenceReport",
            "ClassMasks"]

@@ -97,3 +97,40 @@ def test_cli_inspect_json_has_heads(tmp_path):
     rows = json.loads(out.read_text())["attention"]
     assert rows[0]["heads"] == 4 and rows[0]["kv_heads"] == 2
     assert head_blocks(fxprune.analyze(Block(GQARoPE()).eval(), X))[0].kv_heads == 2
+
+
+def test_cli_prune_heads_both_reports_heads_and_numeric_share(tmp_path):
+    """A LLaMA block (RMSNorm'd residual: inexact) pruned with --heads both: the result
+    shows heads kept, the equivalence line and summary.json the share checked numerically.
+    (Ratio 0.8: each pass removes 1 - sqrt(0.2) = 55%, one of its 2 kv head groups.)"""
+    from fxprune.cli import app
+
+    model_file = tmp_path / "llama.py"
+    model_file.write_text(
+        "import torch\n"
+        "from tests.ops.test_attention import LlamaBlock\n"
+        "def build_model():\n    torch.manual_seed(0)\n    return LlamaBlock().eval()\n"
+        "def example_inputs():\n    return (torch.randn(2, 6, 8),)\n")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["prune", str(model_file), "--heads", "both", "--ratio", "0.8",
+                                   "--scorer", "l1", "--uniform", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "attention heads (1 blocks)" in res.output
+    assert "equivalence: ok" in res.output and "checked numerically" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["verified_numerically"] < 1
+    (row,) = summary["attention"]
+    assert row["heads_after"] < row["heads_before"] == 4
+    assert min(row["head_dims_after"]) < row["head_dim_before"] == 8
+    assert summary["settings"]["heads"] == "both"
+    # the plan replays on a fresh model to the saved slim model
+    import torch
+
+    from tests.ops.test_attention import LlamaBlock
+
+    torch.manual_seed(0)
+    fresh = LlamaBlock().eval()
+    slim, inputs = fxprune.load_slim(out)
+    replayed = fxprune.apply_plan(fresh, out / "plan.json", inputs)
+    with torch.no_grad():
+        assert torch.allclose(replayed(*inputs), slim(*inputs), atol=1e-6)

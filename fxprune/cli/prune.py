@@ -128,7 +128,7 @@ def prune_command(
     from fxprune.api import PruneConfig, prune
     from fxprune.blockers import kept_whole
     from fxprune.inspection import widths_table
-    from fxprune.verify import verify_equivalence
+    from fxprune.verify import numeric_share, verify_equivalence
 
     # every check that can fail runs before the slow part
     set_threads(threads)
@@ -190,7 +190,8 @@ def prune_command(
         io.atomic_write_text(tmp / io.PLAN_FILE, result.plan.to_json())
         io.atomic_write_json(tmp / io.SUMMARY_FILE, {
             **(shown or result).summary(), **kept.to_dict(), "model": model, "settings": settings,
-            "equivalence": details[0] if len(details) == 1 else details or None})
+            "equivalence": details[0] if len(details) == 1 else details or None,
+            "verified_numerically": numeric_share(checks)})
     console.print(f"wrote {out}/ ({io.SLIM_FILE}, {io.META_FILE}, {io.PLAN_FILE}, "
                   f"{io.SUMMARY_FILE}); load with fxprune.load_slim('{out}')", soft_wrap=True)
 
