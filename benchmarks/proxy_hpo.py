@@ -56,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--train-size", type=int, default=3000)
     parser.add_argument("--eval-size", type=int, default=1000)
+    parser.add_argument("--summarise", type=Path, nargs="+", default=None, metavar="FOLDER",
+                        help="only print the results of earlier runs (their --out), pooled")
     parser.add_argument("--out", type=Path, default=None,
                         help="parent folder of the run folders (default: a fresh one)")
     return parser.parse_args()
@@ -105,6 +107,9 @@ def load_average() -> list[float] | None:
 
 def main() -> None:
     args = parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
     import torch
 
     from hpo.config import HpoConfig
@@ -137,7 +142,37 @@ def main() -> None:
         print(f"load average (1, 5, 15 min) before {load_before}, after {load_average()}")
         results.append(result)
         (parent / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    if len(results) > 1:
+        print_pooled(results)
     print(f"\nwrote {parent / 'benchmark.json'}")
+
+
+def print_pooled(results: list[dict]) -> dict:
+    """Every repeat of every sampler as one sample: does proxy HPO pick hyperparameters as
+    good as typical HPO, whatever the sampler? (Repeats are independent across samplers:
+    their seeds differ per sampler.)"""
+    from hpo.report import mean_ci
+
+    repeats = [r for result in results for r in result["repeats"]]
+    pooled = {"accuracy_gap_pp": mean_ci([r["accuracy_gap_pp"] for r in repeats]),
+              "time_reduction_pct": mean_ci([r["time_reduction_pct"] for r in repeats])}
+    names = "+".join(result["sampler"] for result in results)
+    print(f"\n== pooled over {names}: {pooled['accuracy_gap_pp']['n']} repeats ==")
+    print(f"mean gap (proxy - typical), pp, 95% CI: {_ci(pooled['accuracy_gap_pp'])}")
+    print(f"mean HPO time reduction, %, 95% CI:     {_ci(pooled['time_reduction_pct'])}")
+    return pooled
+
+
+def summarise(folders: list[Path]) -> None:
+    """``--summarise F1 F2 ...``: pool the benchmark.json of runs made separately."""
+    results = [r for folder in folders
+               for r in json.loads((folder / "benchmark.json").read_text())]
+    for result in results:
+        stats = result["statistics"]
+        print(f"{result['sampler']:>6}: {len(result['repeats'])} repeats, gap "
+              f"{_ci(stats['accuracy_gap_pp'])} pp, time reduction "
+              f"{_ci(stats['time_reduction_pct'])} %, load {result.get('load_average')}")
+    print_pooled(results)
 
 
 if __name__ == "__main__":
