@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .analysis import ChannelGraph
+from .analysis import META_LABELS, ChannelGraph
 from .cost import CostModel
 from .errors import ConfigError
 
@@ -77,6 +77,7 @@ def select_channels(
             missing = cls[~keep[cls]]
             keep[_best(scores, missing, target - kept)] = True
     _floor_spaces(graph, scores, keep, min_ratio)
+    _floor_node_dims(graph, scores, keep)
     return keep
 
 
@@ -94,6 +95,31 @@ def _floor_spaces(graph: ChannelGraph, scores: np.ndarray, keep: np.ndarray, min
             keep[c] = True
             if int(keep[cls].sum()) >= floor:
                 break
+
+
+def _floor_node_dims(graph: ChannelGraph, scores: np.ndarray, keep: np.ndarray) -> None:
+    """No tensor dim of the graph loses all of its channels: a packed q|k|v projection is
+    one space, so its floor can be met by q/k head dims alone, and the v heads' view
+    ``(B, T, -1, 0)`` would not run. Such a dim gets its best-scored class back."""
+    seen: set[bytes] = set()
+    for node in graph.gm.graph.nodes:
+        for atoms in _label_arrays(node.meta.get(META_LABELS)):
+            cls = np.unique(graph.atom_class[atoms])
+            key = cls.tobytes()
+            if key in seen:
+                continue
+            seen.add(key)
+            if not keep[cls].any():
+                keep[_best(scores, cls, 1)] = True
+
+
+def _label_arrays(labels) -> list[np.ndarray]:
+    """The atom arrays of a node's labels (a list per dim, nested for tuple outputs)."""
+    if isinstance(labels, np.ndarray):
+        return [labels] if labels.size else []
+    if isinstance(labels, (list, tuple)):
+        return [a for item in labels for a in _label_arrays(item)]
+    return []
 
 
 def parse_target(target: str) -> float:

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from .capture import capture_instead
 from .errors import TraceError
 from .shapes import run_on_meta
 
@@ -449,7 +450,10 @@ def trace_model(
         owned = copy.deepcopy(model) if copy_model else model
         if concrete_args is None:
             concrete_args = unused_defaults(model, len(inputs))
-        gm = symbolic_trace(owned, leaf_modules, concrete_args, automatic_leaves)
+        try:
+            gm = symbolic_trace(owned, leaf_modules, concrete_args, automatic_leaves)
+        except UntraceableRoot as root_error:  # HF transformers: one TorchDynamo graph instead
+            gm = capture_instead(owned, inputs, root_error)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) < len(inputs):
         raise TraceError(

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "fxprune.models": 0,
     "fxprune.loading": 0,
     "fxprune.trace": 1,
+    "fxprune.capture": 1,  # TorchDynamo capture of models symbolic_trace cannot trace (HF), called by trace
     "fxprune.shapes": 1,  # meta-device shape propagation, called by trace
     "fxprune.analysis": 2,
     "fxprune.ops": 3,
