@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-PRIOR_WEIGHT = 0.01  # pull of the calibrated split in a refit, against each point's relative error
+PRIOR_WEIGHT = 0.03  # pull of the calibrated split in a refit, against each point's relative error
 
 
 @dataclass

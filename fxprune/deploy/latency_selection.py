@@ -8,8 +8,8 @@ channels are kept, so a width fixes which channels stay.
 
 The latency of a keep state is the sum over conv/linear layers of the table's model at
 the layer's kept input and output widths, times ``scale``, plus ``act_ms`` per million
-elements each layer writes (the work between layers; both from ``LatencyModel``, set with
-``set_costs``; 1 and 0 = the table alone). Greedy: start dense; repeatedly take the step
+elements each layer writes at its padded width (the work between layers; both from
+``LatencyModel``, set with ``set_costs``; 1 and 0 = the table alone). Greedy: start dense; repeatedly take the step
 (one group down to a lower candidate width) that loses the least score per millisecond
 saved, given the current widths of every other group, until the predicted latency is
 within the budget; then steps back up that still fit (the last step down usually
@@ -127,7 +127,7 @@ class LatencySelector:
         for layer in self.layers:
             cin, cout = self._layer_widths(layer, widths)
             table_ms += self.table.layer_ms(layer.spec, cin, cout)
-            acts += layer.spec.output_elements(cout) / 1e6
+            acts += self._activations(layer.spec, cout)
         return table_ms, acts
 
     def space_width(self, key: str, widths: list[int]) -> int:
@@ -143,8 +143,14 @@ class LatencySelector:
         cin, cout = self._layer_widths(layer, widths)
         cost = self.scale * self.table.layer_ms(layer.spec, cin, cout)
         if self.act_ms:
-            cost += self.act_ms * layer.spec.output_elements(cout) / 1e6
+            cost += self.act_ms * self._activations(layer.spec, cout)
         return cost
+
+    def _activations(self, spec: LayerSpec, cout: int) -> float:
+        """Millions of elements a layer writes, at the width the runtime stores: blocked
+        (NCHWc) tensors are padded to the block like the kernels, so an activation term
+        never makes a width off the block look worth having."""
+        return spec.output_elements(self.table.padded(spec, "out", cout)) / 1e6
 
     def predict(self, widths: list[int]) -> float:
         return sum(self.layer_ms(li, widths) for li in range(len(self.layers)))

@@ -379,7 +379,7 @@ def test_latency_model_calibration_and_refit():
     bare = LatencyModel.calibrate(80.0, 40.0, None)
     assert not bare.calibrated and bare.fraction(40.0, 5.0) == pytest.approx(0.5)
     bare.add(40.0, 30.0, 0.6)  # fits 0.6 x 80 = 0.6 x 40 + 0.8 x 30 (scale 0.6, 0.8 ms/M)
-    assert bare.fraction(40.0, 30.0) == pytest.approx(0.6, rel=0.05) and bare.act_ms > 0.3  # the pull of the prior (0) stays
+    assert bare.fraction(40.0, 30.0) == pytest.approx(0.6, rel=0.08) and bare.act_ms > 0.3  # the prior (0) still pulls
 
 
 def test_profile_shares_split_a_dense_profile():
