@@ -185,3 +185,40 @@ def test_tiny_llama_slim_matches_oracle(llama, heads, scorer, ratio, min_ratio):
     attn = r.model.get_submodule("layers.0.self_attn")
     if heads == "dims":  # 4 q heads of 2 * half dims
         assert attn.q_proj.out_features == 4 * 2 * attn.inv_freq.shape[0]
+
+
+
+class ComputedFrequencies(RotaryGQA):
+    """inv_freq computed in forward: from constants, torch.fx folds it into a constant
+    tensor (``_tensor_constant0``), sliced like a buffer; from q's own width
+    (``q.shape[-1]``), the size read freezes q/k's head dims (never a table of the dense
+    width against slim q)."""
+
+    def __init__(self, from_width: bool):
+        super().__init__()
+        self.from_width = from_width
+
+    def forward(self, x):
+        bsz, seq, _ = x.size()
+        q = self.q_proj(x).view(bsz, seq, self.heads, self.head_dim).transpose(1, 2)
+        width = q.shape[-1] if self.from_width else self.head_dim
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, width, 2).float() / self.head_dim))
+        emb = torch.outer(torch.arange(seq).float(), inv_freq)
+        emb = torch.cat((emb, emb), dim=-1)
+        q = q * emb.cos() + rotate_half(q) * emb.sin()
+        return self.o_proj(q.transpose(1, 2).reshape(bsz, seq, -1))
+
+
+@pytest.mark.parametrize("from_width", [False, True], ids=["constants", "q-width"])
+def test_frequencies_computed_in_forward(from_width):
+    model = Net()
+    model.attn = ComputedFrequencies(from_width)
+    g = fxprune.analyze(model.eval(), X, heads="dims")
+    q = next(gr for gr in g.groups if "attn.q_proj.out_features" in gr.members)
+    if from_width:
+        assert q.frozen_classes == q.size
+    else:
+        assert q.frozen_classes == 0 and q.size == 4  # 8 dims, halves paired
+        assert any(m.startswith("_tensor_constant") for m in q.members)
+    r = prune_and_check(model, X, ratio=0.5, min_ratio=0.15, scorer="l1")
+    assert (r.model.attn.q_proj.out_features < HIDDEN) != from_width
