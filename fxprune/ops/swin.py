@@ -63,6 +63,13 @@ def _head_column(b, labels, dim: int, heads: np.ndarray | None, what: str, mode:
         b.freeze(col, f"{what}: the head count stays when head dims are cut")
 
 
+def _own_weight(value, node: fx.Node) -> bool:
+    """A ``get_attr`` tensor read by this call only (or no tensor at all)."""
+    if value is None:
+        return True
+    return isinstance(value, fx.Node) and value.op == "get_attr" and set(value.users) == {node}
+
+
 # ------------------------------------------------------------------ attention
 def _attention_macs(node):
     a = _args(node)
@@ -71,7 +78,8 @@ def _attention_macs(node):
     if not (x and qkv and proj) or not isinstance(window, (list, tuple)):
         return 0
     batch, height, width, channels = x[0], x[-3], x[-2], x[-1]
-    tokens = batch * math.ceil(height / window[0]) * window[0] * math.ceil(width / window[1]) * window[1]
+    padded = math.ceil(height / window[0]) * window[0] * math.ceil(width / window[1]) * window[1]
+    tokens = batch * padded
     per_window = window[0] * window[1]
     inner = qkv[0] // 3
     return (tokens * channels * qkv[0]  # qkv projection
@@ -142,6 +150,10 @@ def _shifted_window_attention(b, node):
         return [None] * 4
     mode = heads_mode(b)
     couple_heads(b, inner, heads, mode)
+    if mode == "dims" and a["logit_scale"] is None and not all(
+            _own_weight(a[name], node) for name in ("qkv_weight", "qkv_bias")):
+        # the slim q rows get rescaled in place (see _rewrite_attention)
+        b.freeze(inner, f"{where}: q's weight is computed or shared, its scale cannot be kept")
     triple = np.concatenate([inner, inner, inner])  # q, k, v rows
     for name, dims in (("qkv_weight", (triple, inner)), ("proj_weight", (inner, inner)),
                        ("qkv_bias", (triple,)), ("proj_bias", (inner,))):

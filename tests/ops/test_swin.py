@@ -118,8 +118,30 @@ def test_window_block_slim_matches_oracle(v2, heads, scorer, ratio, min_ratio):
     assert r.model.attn.qkv.weight.shape[0] < 3 * WIDTH
 
 
+class TwiceBlock(WindowBlock):
+    """The same attention called twice: its weights are shared by two calls."""
+
+    def forward(self, x):
+        x = self.emb(x)
+        return self.head(self.attn(x) + self.attn(x * 0.5))
+
+
+@pytest.mark.parametrize("heads", ["dims", "whole"])
+def test_shared_weights_keep_their_scale(heads):
+    """With head dims cut, V1's q rows are rescaled in place: shared ones would be
+    rescaled twice, so those dims stay; whole heads need no rescale."""
+    graph = fxprune.analyze(TwiceBlock().eval(), X, heads=heads)
+    group = attention_group(graph)
+    if heads == "dims":  # the block's only channel space: nothing else to prune
+        assert group.frozen_classes == group.size and "shared" in group.frozen_reason
+    else:
+        assert group.frozen_classes == 0
+        prune_and_check(TwiceBlock(), X, ratio=0.5, min_ratio=0.1, scorer="l1", heads=heads)
+
+
 def tiny_swin(v2: bool) -> nn.Module:
-    extra = dict(block=swin.SwinTransformerBlockV2, downsample_layer=swin.PatchMergingV2) if v2 else {}
+    extra = {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2}
+    extra = extra if v2 else {}
     torch.manual_seed(0)
     return swin.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
                                 window_size=[4, 4], num_classes=10, **extra).eval()
