@@ -114,3 +114,16 @@ def test_masked_forward_zeroes_pruned_hidden_channels():
     with torch.no_grad():
         dense = result.graph.gm(X)
     assert ref.shape == dense.shape and not torch.allclose(ref, dense)
+
+
+def test_an_all_zero_reference_output_is_not_counted_as_numerically_checked():
+    # torchvision's ViT zero-initialises its classifier: comparing zeros proves nothing
+    result, _, _ = pruned_prenorm()
+    model = result.model
+    for m in (model, result.graph.gm):
+        with torch.no_grad():
+            m.get_submodule("head").weight.zero_()
+            m.get_submodule("head").bias.zero_()
+    report = verify_equivalence(result.graph, result.keep, model, (X,))
+    assert report.passed and report.numeric_fraction == 0.0
+    assert "all zero" in report.detail
