@@ -17,7 +17,17 @@ Torch-Pruning, as its examples document it (VainF/Torch-Pruning ``examples/``):
   ``attn.num_heads``/``attn.head_dim`` written back;
 * GPT block stack (``nn.MultiheadAttention`` with the float causal mask of the PyTorch
   docs): the generic recipe (``MagnitudePruner``, L1, ratio 0.5, LM head ignored;
-  Torch-Pruning handles ``nn.MultiheadAttention`` itself).
+  Torch-Pruning handles ``nn.MultiheadAttention`` itself);
+* HuggingFace transformers 5 from tiny random configs (``hf_bert``: a sequence classifier,
+  ``hf_gpt2``, ``hf_llama`` with GQA; 2 layers, width 64, 4 heads, 2x16 token ids; not in
+  the default list, ask for them with ``--models``): ``transformers/prune_hf_bert.py``
+  (``num_heads`` of query/key/value, ``prune_num_heads=True``, ``prune_head_dims=False``,
+  ``head_pruning_ratio=0.5``, ``global_pruning=True``, then the heads written back) and
+  ``LLMs/prune_llm.py`` (``num_heads`` of q/k/v with the kv heads, whole heads,
+  ``round_to=4``, ``global_pruning=False``, then ``config.hidden_size``/``head_dim``... written
+  back), both with the L1 importance of this table instead of their group L2 norm; GPT-2 has
+  no recipe (its ``Conv1D`` is not an ``nn.Linear``): the generic one. fxprune captures
+  these models with TorchDynamo (``fxprune.capture``), with no model code either.
 
 Those recipes prune EVERY group by the same ratio (``global_pruning=False``), so fxprune is
 shown both with its default global ranking (``min_ratio=0.15``) and with its uniform
@@ -35,6 +45,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import os
+import sys
 import time
 import types
 import warnings
@@ -47,6 +60,7 @@ import fxprune
 
 RATIO = 0.5
 MODELS = ["vit_b_16", "deit_tiny", "vit_small", "convnext_tiny", "gpt"]
+HF_MODELS = ["hf_bert", "hf_gpt2", "hf_llama"]
 
 
 # ----------------------------------------------------------------------------- models
@@ -82,8 +96,40 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(self.blocks(x)))
 
 
+def installed_transformers():
+    """The transformers package: this script's own name shadows it when run as a file."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    module = sys.modules.get("transformers")
+    if module is None or os.path.dirname(os.path.abspath(getattr(module, "__file__", ""))) == here:
+        sys.modules.pop("transformers", None)
+        saved = sys.path[:]
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+        try:
+            module = importlib.import_module("transformers")
+        finally:
+            sys.path[:] = saved
+    return module
+
+
+def build_hf(name: str) -> nn.Module:
+    """A tiny HuggingFace model from a random config (no download)."""
+    transformers = installed_transformers()
+    size = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 1000}
+    if name == "hf_bert":
+        config = transformers.BertConfig(**size, intermediate_size=256, num_labels=3)
+        return transformers.BertForSequenceClassification(config).eval()
+    if name == "hf_gpt2":
+        config = transformers.GPT2Config(**size, n_positions=64, bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2LMHeadModel(config).eval()
+    config = transformers.LlamaConfig(**size, intermediate_size=256, num_key_value_heads=2,
+                                      max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
+    if name in HF_MODELS:
+        return build_hf(name), torch.randint(0, 1000, (2, 16))
     if name == "gpt":
         return GPT().eval(), torch.randint(0, 256, (1, 64))
     x = torch.randn(1, 3, 224, 224)
@@ -105,6 +151,11 @@ def classifier(model: nn.Module) -> nn.Module:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
 
+def first_output(out):
+    """The tensor a model returns, or the first one of a HF ``ModelOutput``/tuple."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
 # ----------------------------------------------------------------------------- Torch-Pruning
 def _timm_attention_forward(self, x, attn_mask=None, is_causal=False):
     """prune_timm_vit.py's replacement forward (its last reshape is ``(B, N, -1)``),
@@ -118,9 +169,49 @@ def _timm_attention_forward(self, x, attn_mask=None, is_causal=False):
     return self.proj_drop(self.proj(self.norm(x)))
 
 
+def torch_pruning_hf_recipe(name: str, model: nn.Module, x: torch.Tensor, global_pruning: bool):
+    """prune_hf_bert.py / prune_llm.py (whole heads) with L1; GPT-2: the generic recipe."""
+    import torch_pruning as tp
+
+    num_heads, kwargs = {}, {}
+    attention = [m for n, m in model.named_modules() if type(m).__name__ in ("BertSelfAttention", "LlamaAttention")]
+    for m in attention:
+        if name == "hf_bert":
+            num_heads.update({m.query: m.num_attention_heads, m.key: m.num_attention_heads,
+                              m.value: m.num_attention_heads})
+        else:
+            num_heads.update({m.q_proj: model.config.num_attention_heads,
+                              m.k_proj: model.config.num_key_value_heads,
+                              m.v_proj: model.config.num_key_value_heads})
+    if num_heads:
+        kwargs = {"num_heads": num_heads, "prune_num_heads": True, "prune_head_dims": False,
+                  "head_pruning_ratio": RATIO}
+    if name == "hf_llama":
+        kwargs["round_to"] = 4
+    pruner = tp.pruner.MetaPruner(
+        model, example_inputs=x, importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=RATIO, global_pruning=global_pruning or name == "hf_bert",
+        ignored_layers=[classifier(model)], output_transform=lambda out: first_output(out).sum(),
+        **kwargs)
+    for group in pruner.step(interactive=True):
+        group.prune()
+    for m in attention:  # the recipes' write-backs
+        if name == "hf_bert":
+            m.num_attention_heads = pruner.num_heads[m.query]
+            m.attention_head_size = m.query.out_features // m.num_attention_heads
+            m.all_head_size = m.query.out_features
+        else:
+            m.num_key_value_groups = m.q_proj.out_features // m.k_proj.out_features
+    if name == "hf_llama":
+        model.config.hidden_size = model.lm_head.in_features
+    return model
+
+
 def torch_pruning_recipe(name: str, model: nn.Module, x: torch.Tensor, global_pruning: bool):
     import torch_pruning as tp
 
+    if name in HF_MODELS:
+        return torch_pruning_hf_recipe(name, model, x, global_pruning)
     kwargs: dict = {}
     attention = []
     if name in ("deit_tiny", "vit_small"):
@@ -160,13 +251,13 @@ def run_fxprune(model, x, uniform: bool):
 
 def run_torch_pruning(name, model, x, global_pruning):
     with torch.no_grad():
-        dense_shape = model(x).shape
+        dense_shape = first_output(model(x)).shape
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pruned = torch_pruning_recipe(name, model, x, global_pruning)
         with torch.no_grad():
-            out = pruned(x)
+            out = first_output(pruned(x))
         status = "ok" if out.shape == dense_shape else f"wrong shape {tuple(out.shape)}"
         return count_params(pruned), status
     except Exception as exc:  # noqa: BLE001  (any failure is a table cell, not a stop)
@@ -175,7 +266,8 @@ def run_torch_pruning(name, model, x, global_pruning):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated, from {MODELS + HF_MODELS}")
     parser.add_argument("--tp-global", action="store_true",
                         help="also run Torch-Pruning with global_pruning=True")
     args = parser.parse_args()
