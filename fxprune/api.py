@@ -23,7 +23,7 @@ from .errors import ConfigError, PlanError
 from .ops import build_channel_graph
 from .ops.attention import check_heads
 from .ops.heads import heads_kept
-from .partial import PartPruner, apply_parts, prune_parts
+from .partial import PartialPruneResult, PartPruner, apply_parts, needs_descent, prune_parts
 from .plan import PrunePlan, keep_from_plan, make_plan
 from .scoring import class_scores, get_scorer
 from .selection import check_ratios, parse_target, select_channels, select_for_target
@@ -41,7 +41,7 @@ class PruneConfig:
     scorer: str = defaults.SCORER
     round_to: int | None = None
     target: str | None = None  # "flops=0.3": keep 30% of MACs; or a target object's describe()
-    heads: str = "dims"  # attention heads cut per head dim ("dims") or whole ("whole")
+    heads: str = "dims"  # attention heads cut per head dim ("dims"), whole ("whole") or both ("both")
     uniform: bool = False  # prune every group by `ratio` instead of one global ranking
 
     def __post_init__(self):
@@ -150,7 +150,8 @@ def prune(
 
     Submodules that torch.fx cannot trace become leaves (kept whole, listed by
     ``fxprune.trace.leaves_of(result.graph.gm)``). When the model's own ``forward`` does
-    not trace (a detector), its traceable submodules are scored, ranked together and
+    not trace (a detector), or when it traces but every prunable layer sits inside such
+    leaves (timm's NesT levels), its traceable submodules are scored, ranked together and
     pruned, and a ``fxprune.partial.PartialPruneResult`` is returned (see that module).
     When nothing can be pruned, a warning names what blocks it.
     """
@@ -166,15 +167,12 @@ def prune(
         try:
             graph = analyze(model, inputs, leaf_modules, copy_model=False, heads=heads)
         except UntraceableRoot as root_error:  # e.g. a detector: the parts that trace, ranked together
-            def score_part(part_graph: ChannelGraph, part_inputs: tuple) -> np.ndarray:
-                return _class_scores(part_graph, part_inputs, scorer, None)
-
-            def finish_part(part_graph: ChannelGraph, keep: np.ndarray, part_inputs: tuple) -> PruneResult:
-                return _finish(part_graph, keep, part_inputs, config, {})
-
-            pruner = PartPruner(score_part, finish_part, ratio, min_ratio, round_to, uniform, target)
-            return prune_parts(model, inputs, pruner, leaf_modules, root_error, config.to_dict(),
-                               {"heads": check_heads(heads)})
+            return _prune_by_parts(model, inputs, config, scorer, target, leaf_modules, root_error)
+        if needs_descent(graph):  # every prunable layer sits in containers that do not trace
+            try:
+                return _prune_by_parts(model, inputs, config, scorer, target, leaf_modules, None)
+            except UntraceableRoot:
+                pass  # nothing inside them prunes either: the warning below names the blockers
     times["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = _class_scores(graph, inputs, scorer, data)
@@ -190,6 +188,21 @@ def prune(
         warnings.warn(f"fxprune: {describe_blockers(graph)}", stacklevel=2)
     times["slim"] = time.perf_counter() - t0
     return _finish(graph, keep, inputs, config, times)
+
+
+def _prune_by_parts(model: nn.Module, inputs: tuple, config: PruneConfig, scorer: Any, target: Any,
+                    leaf_modules: Iterable, root_error: UntraceableRoot | None) -> PartialPruneResult:
+    """The traceable parts of ``model`` pruned under one ranking (``fxprune.partial``)."""
+    def score_part(part_graph: ChannelGraph, part_inputs: tuple) -> np.ndarray:
+        return _class_scores(part_graph, part_inputs, scorer, None)
+
+    def finish_part(part_graph: ChannelGraph, keep: np.ndarray, part_inputs: tuple) -> PruneResult:
+        return _finish(part_graph, keep, part_inputs, config, {})
+
+    pruner = PartPruner(score_part, finish_part, config.ratio, config.min_ratio, config.round_to,
+                        config.uniform, target)
+    return prune_parts(model, inputs, pruner, leaf_modules, root_error, config.to_dict(),
+                       {"heads": check_heads(config.heads)})
 
 
 def _class_scores(graph: ChannelGraph, inputs: tuple, scorer: Any, data: Any) -> np.ndarray:
