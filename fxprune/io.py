@@ -96,27 +96,33 @@ def _existing_ancestor(path: Path) -> Path:
     return probe
 
 
-def check_writable(folder: Path, option: str = "output") -> None:
+def check_writable(folder: Path, option: str = "output", output: Path | None = None) -> None:
     """Raise ``OutputError`` unless something can be created in ``folder`` (or, when it does
     not exist yet, in its nearest existing ancestor). Probes with a real temporary folder:
-    permission bits lie for root, ``/proc`` and read-only mounts."""
+    permission bits lie for root, ``/proc`` and read-only mounts. ``output``: the path the
+    user gave (named in the message), when ``folder`` is its parent."""
     folder = Path(os.path.abspath(folder))
+    shown = output or folder
     ancestor = _existing_ancestor(folder)
     if not ancestor.is_dir():
-        raise OutputError(f"{option} {folder}: {ancestor} is a file, so nothing can be created under it")
+        raise OutputError(f"{option} {shown}: {ancestor} is a file, so nothing can be created under it")
     try:
         probe = tempfile.mkdtemp(prefix=".fxprune-probe-", dir=ancestor)
     except OSError as exc:
-        raise OutputError(f"{option} {folder}: cannot write in {ancestor} ({_os_reason(exc)})") from None
+        raise OutputError(f"{option} {shown}: cannot write in {ancestor} ({_os_reason(exc)})") from None
     os.rmdir(probe)
+
+
+EXAMPLE_FILE_NAMES = {"--json": "report.json", "--plot": "sweep.png", "--width-plot": "widths.png"}
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
     """Check before any work that ``path`` can be written as a file; returns it absolute."""
     target = Path(os.path.abspath(path))
     if target.is_dir():
-        raise OutputError(f"{option} {target} is a folder; give a file name, e.g. {target / 'model.onnx'}")
-    check_writable(target.parent, option)
+        example = target / EXAMPLE_FILE_NAMES.get(option, "model.onnx")
+        raise OutputError(f"{option} {target} is a folder; give a file name, e.g. {example}")
+    check_writable(target.parent, option, target)
     return target
 
 
@@ -283,7 +289,7 @@ class OutputFolder:
         path = Path(os.path.abspath(out))
         folder = cls(path, option, kind, fxprune_version, tuple(clean_leftovers(path)))
         folder.check_replaceable(force, protect)
-        check_writable(path.parent, option)
+        check_writable(path.parent, option, path)
         return folder
 
     def check_replaceable(self, force: bool, protect: Iterable[str | os.PathLike] = ()) -> None:
@@ -512,9 +518,12 @@ def write_slim(directory: str | os.PathLike, model: Any, example_inputs: Any,
     atomic_write_json(folder / META_FILE, meta)
 
 
-def read_slim(directory: str | os.PathLike) -> tuple[Any, tuple, dict[str, Any]]:
+def read_slim(directory: str | os.PathLike,
+              inputs_given: bool = False) -> tuple[Any, tuple, dict[str, Any]]:
     """``(model, example_inputs, meta)`` from a slim folder; one ``PlanError`` line for a
-    missing folder or file, a truncated or foreign ``slim.pt``, corrupt ``meta.json``."""
+    missing folder or file, a truncated or foreign ``slim.pt``, a corrupt or missing
+    ``meta.json``. ``inputs_given``: the caller has its own inputs (``--input-shape``), so a
+    missing ``meta.json`` is no error (``example_inputs`` is then empty)."""
     import torch
 
     from .loading import EXAMPLE_INPUT_SEED, InputSpec
@@ -523,8 +532,8 @@ def read_slim(directory: str | os.PathLike) -> tuple[Any, tuple, dict[str, Any]]
     path = folder / SLIM_FILE
     if not path.is_file():
         raise PlanError(f"no slim model in {folder} (expected {SLIM_FILE})")
-    meta = read_meta(folder) if (folder / META_FILE).exists() else {
-        "inputs": [InputSpec((1, 3, 32, 32)).to_dict()], "outputs": None}
+    has_meta = (folder / META_FILE).exists()
+    meta = read_meta(folder) if has_meta else {"inputs": [], "outputs": None}  # fails fast
     if path.stat().st_size == 0:
         raise PlanError(f"could not load {path}: the file is empty; re-create the slim folder")
     try:
@@ -535,11 +544,14 @@ def read_slim(directory: str | os.PathLike) -> tuple[Any, tuple, dict[str, Any]]
             "importable (the source of a custom layer); add its folder to PYTHONPATH"
         ) from None
     except Exception as exc:  # truncated archive, not a torch file, foreign pickle
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
         raise PlanError(
             f"could not load {path}: not a complete torch file ({type(exc).__name__}: {first}); "
             "it may be truncated: re-create the slim folder"
         ) from exc
+    if not has_meta and not inputs_given:  # a guessed input would mislead export and profile
+        raise PlanError(f"slim metadata {folder / META_FILE} not found, so the model's inputs are "
+                        "unknown; re-create the slim folder or give the input shapes (--input-shape)")
     generator = torch.Generator().manual_seed(EXAMPLE_INPUT_SEED)
     specs = [InputSpec.from_dict(item) for item in meta["inputs"]]
     return model, tuple(spec.make(generator) for spec in specs), meta

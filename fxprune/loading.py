@@ -206,7 +206,7 @@ def load_model(
     try:
         specs = parse_input_specs(input_shape)
     except ConfigError as err:
-        raise ModelLoadError(f"input shape: {err}; {SHAPE_HINT}") from None
+        raise ModelLoadError(str(err)) from None  # it names the value and the expected form
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ModelLoadError(f"{spec}: num_classes must be a positive int, got {num_classes!r}")
 

@@ -123,6 +123,10 @@ def profile_command(
     set_threads(threads)
     batch_sizes = parse_batch_sizes(batch)
     sweep_ratios = parse_ratios(sweep) if sweep else ()
+    if not 0 <= min_seconds < float("inf"):  # also NaN
+        raise ConfigError(f"--min-seconds {min_seconds:g}: expected seconds >= 0")
+    if not 0 < max_seconds < float("inf"):
+        raise ConfigError(f"--max-seconds {max_seconds:g}: expected seconds > 0")
     if slim is not None and ratio is not None:
         raise ConfigError("give either --slim DIR or --ratio R, not both")
     compare = slim is not None or ratio is not None or bool(sweep_ratios)
@@ -140,9 +144,9 @@ def profile_command(
 
     slim_model, slim_name, shapes = None, None, input_shape or None
     if slim is not None:
-        slim_model, _, meta = io.read_slim(slim)
+        slim_model, _, meta = io.read_slim(slim, inputs_given=True)  # MODEL has inputs too
         slim_name = f"slim: {slim}"
-        if shapes is None:  # the inputs the slim model was saved with (dtypes, ranges)
+        if shapes is None and meta["inputs"]:  # the inputs it was saved with (dtypes, ranges)
             shapes = [InputSpec.from_dict(item) for item in meta["inputs"]]
     dense, example_inputs = load_model(model, shapes)
     console = Console()
@@ -217,7 +221,7 @@ def load_model_or_slim(spec: str, input_shape: list[str] | None) -> tuple[Any, t
     from fxprune.loading import load_model, make_inputs, parse_input_specs
 
     if Path(spec).is_dir():
-        network, inputs, meta = io.read_slim(spec)
+        network, inputs, meta = io.read_slim(spec, inputs_given=bool(input_shape))
         names = [item.get("name") for item in meta["inputs"]]
         if input_shape:
             inputs = make_inputs(parse_input_specs(input_shape) or [])

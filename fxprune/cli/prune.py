@@ -56,7 +56,7 @@ def inspect_command(
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the report as JSON.", show_default=False)] = None,
     leaf: LeafOpt = None,
-    width: Annotated[int, typer.Option(help="Max members shown per group.")] = 4,
+    width: Annotated[int, typer.Option(help="Max members shown per group.", min=1)] = 4,
     threads: ThreadsOpt = None,
 ) -> None:
     """Show the channel groups of MODEL and what froze them.

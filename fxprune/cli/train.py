@@ -117,8 +117,11 @@ def train_prune_command(
 
     set_threads(threads)
     check_tradeoff(gamma, beta, alpha)
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ConfigError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    for option, value, ok in (("--epochs", epochs, epochs >= 1),
+                              ("--batch-size", batch_size, batch_size >= 1),
+                              ("--lr", lr, lr > 0 and lr != float("inf"))):
+        if not ok:
+            raise ConfigError(f"{option} {value:g}: expected a positive number")
     folder = output_folder(out, force, model, "train-prune")
     dataset = load_data(data, data_dir, seed)
     network, example_inputs = load_model(

@@ -85,6 +85,29 @@ def test_corrupt_files_give_one_line_naming_the_file(slim_text_cnn, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_a_slim_folder_without_meta_json_is_not_guessed(slim_text_cnn, tmp_path):
+    """Without meta.json the inputs are unknown (this model takes token ids, not the
+    1x3x32x32 floats guessed before): one line, unless --input-shape gives them."""
+    _, out = slim_text_cnn
+    (out / "meta.json").unlink()
+    one_line_error(run("export", out, "--out", tmp_path / "m.onnx"),
+                   f"{out / 'meta.json'} not found, so the model's inputs are unknown")
+    with pytest.raises(fxprune.PlanError, match="meta.json not found"):
+        fxprune.load_slim(out)
+    r = run("export", out, "--out", tmp_path / "m.onnx", "--input-shape", "1,12:int64:0-50")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.onnx").is_file()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--min-seconds", "-1"], "--min-seconds -1: expected seconds >= 0"),
+    (["--min-seconds", "nan"], "--min-seconds nan"),
+    (["--max-seconds", "0"], "--max-seconds 0: expected seconds > 0"),
+])
+def test_profile_time_limits_are_checked_before_work(args, fragment):
+    one_line_error(run("profile", "fxprune:resnet20", "--ratio", "0.5", *args), fragment)
+
+
 def test_export_refuses_a_folder_as_out_and_a_bad_opset_before_work(slim_text_cnn, tmp_path):
     _, out = slim_text_cnn
     one_line_error(run("export", out, "--out", tmp_path), "is a folder")

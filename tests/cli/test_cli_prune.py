@@ -125,6 +125,11 @@ def test_prune_builtin_with_flops_target(tmp_path):
     (["prune", "fxprune:resnet20", "--scorer", "bogus"], "unknown scorer"),
     (["prune", "fxprune:resnet20", "--target", "latency=3"], "target"),
     (["inspect", "fxprune:resnet20", "--leaf", "NoSuchModule"], "NoSuchModule"),
+    (["prune", "fxprune:resnet20", "--heads", "most"], "unknown heads mode 'most' (--heads)"),
+    (["prune", "fxprune:resnet20", "--input-shape", "1,3,32,32:float99"],
+     "unknown dtype 'float99'"),
+    (["train-prune", "fxprune:resnet20", "--out", "never", "--epochs", "0"], "--epochs 0"),
+    (["train-prune", "fxprune:resnet20", "--out", "never", "--lr", "-1"], "--lr -1"),
 ])
 def test_bad_input_one_line(args, fragment, tmp_path):
     one_line_error(run(*args), fragment)
@@ -197,6 +202,28 @@ def test_force_never_replaces_a_folder_with_fxprune_names_but_no_marker(model_fi
     assert (own / "train.py").read_text() == "user code"
 
 
+def test_the_next_prune_removes_a_staging_folder_left_by_kill_9(model_file, tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "slim"
+    stage = ("import sys, time\nfrom fxprune import io\n"
+             "with io.OutputFolder.prepare(sys.argv[1]).staging() as tmp:\n"
+             "    (tmp / io.SLIM_FILE).write_bytes(b'half')\n"
+             "    print('staged', flush=True)\n    time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", stage, str(out)], stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline().strip() == "staged"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+    child.stdout.close()
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".slim.tmp-")]
+    r = run("prune", model_file, "--ratio", "0.5", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert f"... removed {left.name}, left by an interrupted run" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.py", "slim"]
+
+
 def test_force_never_replaces_the_current_folder(model_file, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
@@ -253,6 +280,7 @@ def test_output_permissions_are_0644_and_0755(model_file, tmp_path):
     assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
         "slim.pt": 0o644, "meta.json": 0o644, "plan.json": 0o644, "summary.json": 0o644,
         ".fxprune.json": 0o644}
+    one_line_error(run("inspect", model_file, "--json", tmp_path), f"{tmp_path / 'report.json'}")
     report = tmp_path / "inspect.json"
     assert run("inspect", model_file, "--json", report).exit_code == 0
     assert report.stat().st_mode & 0o777 == 0o644
