@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .analysis import ChannelGraph
+from .blockers import describe_blockers
 from .cost import CostModel, SizeChange, count_params, macs_report
 from .errors import FxPruneError, PlanError, TraceError
 from .ops import build_channel_graph
@@ -237,7 +238,8 @@ def prune_parts(model: nn.Module, example_inputs: Any, pruner: PartPruner,
     inputs = as_input_tuple(example_inputs)
     started = time.perf_counter()
     calls = capture_module_inputs(model, inputs)
-    found, skipped = find_traceable_parts(model, inputs, leaf_modules, calls)
+    found, skipped = find_traceable_parts(model, inputs, leaf_modules, calls,
+                                          _descend_if_leaves_hold_all(options))
     scored: list[tuple[TraceablePart, ChannelGraph, np.ndarray]] = []
     for part in found:
         graph = build_channel_graph(part.gm, options)
@@ -252,9 +254,10 @@ def prune_parts(model: nn.Module, example_inputs: Any, pruner: PartPruner,
         raise root_error or UntraceableRoot(f"{type(model).__name__}: no submodule with prunable channels traces")
     keeps = select_across_parts([g for _, g, _ in scored], [s for _, _, s in scored],
                                 [p for p, _, _ in scored], pruner)
+    nothing_cut = all(keep.all() for keep in keeps)  # the settings keep everything: say why below
     parts: list[PrunedPart] = []
     for (part, graph, _), keep in zip(scored, keeps):
-        if keep.all():
+        if keep.all() and not nothing_cut:
             skipped.append((part.qualname, "no channel of it ranked low enough: kept dense"))
             continue
         try:
@@ -267,9 +270,10 @@ def prune_parts(model: nn.Module, example_inputs: Any, pruner: PartPruner,
             skipped.append((part.qualname, f"slim part failed the oracle ({failed}), kept dense"))
             continue
         parts.append(PrunedPart(part.qualname, result, part.inputs, part.calls))
-    if not parts:
-        warnings.warn(f"fxprune: nothing to prune in {type(model).__name__}: "
-                      + "; ".join(f"{q}: {why}" for q, why in skipped), stacklevel=3)
+    if not parts or nothing_cut:  # an answer, not a success
+        why = "; ".join(describe_blockers(p.result.graph) for p in parts) or (
+            f"nothing to prune in {type(model).__name__}: " + "; ".join(f"{q}: {w}" for q, w in skipped))
+        warnings.warn(f"fxprune: {why}", stacklevel=3)
     slim_model = _replace_parts(model, {p.qualname: p.result.model for p in parts})
     batch = inputs[0].shape[0] if inputs[0].dim() else 1
     rest = _rest_macs(model, calls, [p.qualname for p in parts])
@@ -281,6 +285,27 @@ def prune_parts(model: nn.Module, example_inputs: Any, pruner: PartPruner,
     result.plan = merge_plans(parts, dict(settings or {}), result.summary())
     result.seconds["total"] = time.perf_counter() - started
     return result
+
+
+def needs_descent(graph: ChannelGraph) -> bool:
+    """True when ``graph`` has nothing prunable but automatic leaves that own parameters:
+    the layers worth pruning sit in containers whose own forward does not trace (timm's
+    NesT levels on ``int(math.sqrt(T))``, an encoder branching on ``x.ndim``), so pruning
+    goes part by part, into those containers."""
+    if graph.prunable_groups():
+        return False
+    return any(leaf.kind == "automatic"
+               and any(True for _ in graph.gm.get_submodule(leaf.qualname).parameters())
+               for leaf in leaves_of(graph.gm))
+
+
+def _descend_if_leaves_hold_all(options: dict[str, Any] | None) -> Callable[[TraceablePart], bool]:
+    def descend(part: TraceablePart) -> bool:
+        if not any(leaf.kind == "automatic" for leaf in leaves_of(part.gm)):
+            return False
+        return needs_descent(build_channel_graph(part.gm, options))
+
+    return descend
 
 
 # -- inspect: what an untraceable root's parts look like ---------------------------------------
@@ -348,7 +373,8 @@ def inspect_parts(model: nn.Module, example_inputs: Any, inspect_part: InspectPa
     """The ``PartsReport`` of ``model`` (``inspection.inspect_model`` hands itself in as
     ``inspect_part``); raises ``root_error`` when no submodule traces."""
     inputs = as_input_tuple(example_inputs)
-    found, skipped = find_traceable_parts(model, inputs, leaf_modules)
+    found, skipped = find_traceable_parts(model, inputs, leaf_modules,
+                                          descend=_descend_if_leaves_hold_all(None))
     if not found:
         raise root_error or UntraceableRoot(f"{type(model).__name__}: no submodule traces")
     reason = str(root_error).split(". Fix:")[0] if root_error is not None else "untraceable"
@@ -523,6 +549,7 @@ __all__ = [
     "apply_parts",
     "inspect_parts",
     "merge_plans",
+    "needs_descent",
     "prune_parts",
     "select_across_parts",
     "sub_plan",

@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import inspect
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -511,6 +511,7 @@ def capture_module_inputs(model: nn.Module, example_inputs: Any) -> dict[str, li
 def find_traceable_parts(
     model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type | str] = (),
     calls: dict[str, list[tuple]] | None = None,
+    descend: Callable[[TraceablePart], bool] | None = None,
 ) -> tuple[list[TraceablePart], list[tuple[str, str]]]:
     """Largest submodules of ``model`` that trace on their own, outermost first.
 
@@ -520,7 +521,9 @@ def find_traceable_parts(
     later call is skipped; ``TraceablePart.calls`` lists every call's inputs, so a slim
     copy can be checked against each of them. Returns the parts
     and ``(qualname, reason)`` for each skipped module that has parameters. ``calls``:
-    what ``capture_module_inputs`` recorded, if the caller has it already.
+    what ``capture_module_inputs`` recorded, if the caller has it already. ``descend``: a
+    traced submodule for which it answers True is not a part; its children are tried
+    instead (a container whose automatic leaves hold everything prunable).
     """
     leaf_modules = tuple(leaf_modules)
     if calls is None:
@@ -545,10 +548,13 @@ def find_traceable_parts(
                 why_not = str(exc).split(". Fix:")[0]
             except TraceError as exc:
                 why_not, root_fails = str(exc).split(". Fix:")[0], False
+        children = [(f"{name}.{child_name}", child) for child_name, child in module.named_children()]
+        if part is not None and children and descend is not None and descend(part):
+            pending[0:0] = children
+            continue
         if part is not None:
             parts.append(part)
             continue
-        children = [(f"{name}.{child_name}", child) for child_name, child in module.named_children()]
         if root_fails and children:
             pending[0:0] = children
         else:

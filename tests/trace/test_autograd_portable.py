@@ -46,6 +46,24 @@ USER_MODULE = textwrap.dedent('''
             return self.conv3(RoundSTE.apply(self.conv2(torch.relu(self.conv1(x))), 4.0))
 
 
+    class Quantise(nn.Module):
+        def forward(self, x):
+            return RoundSTE.apply(x, 4.0)
+
+
+    class PerImage(nn.Module):
+        """Root forward loops over the batch (untraceable): pruned part by part."""
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                                          nn.Conv2d(16, 8, 3, padding=1), Quantise(), nn.Conv2d(8, 8, 1))
+
+        def forward(self, x):
+            y = self.backbone(x)
+            return torch.stack([y[i].sum() for i in range(y.shape[0])])
+
+
     def build_model():
         torch.manual_seed(0)
         return Net().eval()
@@ -133,3 +151,20 @@ def test_cli_slim_with_autograd_call_loads_without_fxprune(user_module, tmp_path
     expected_out, expected_grad = gradient_sum(slim, x)
     assert float(loaded_grad) > 0.1
     assert (float(loaded_out), float(loaded_grad)) == pytest.approx((expected_out, expected_grad), rel=1e-6)
+
+
+def test_partly_traced_model_with_autograd_call_loads_without_fxprune(user_module, tmp_path):
+    torch.manual_seed(0)
+    model, x = user_module.PerImage().eval(), user_module.example_inputs()
+    result = fxprune.prune(model, x, 0.5, 0.15, "l1")
+    assert [p.qualname for p in result.parts] == ["backbone"]
+    assert isinstance(result.model, user_module.PerImage)
+    out, grad = gradient_sum(result.model, x)
+    assert grad > 0.1
+    torch.save(result.model, tmp_path / "slim.pt")
+    torch.save(x, tmp_path / "x.pt")
+    code = LOAD_AND_BACKWARD.replace("model.autograd_RoundSTE_0", "model.backbone.autograd_RoundSTE_0")
+    code = code.format(slim=str(tmp_path / "slim.pt"), x=str(tmp_path / "x.pt"))
+    loaded_out, loaded_grad, where = run_without_fxprune(code, tmp_path)
+    assert (float(loaded_out), float(loaded_grad)) == pytest.approx((out, grad), rel=1e-6)
+    assert where == "torch.nn.modules.module"

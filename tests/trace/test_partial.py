@@ -256,6 +256,14 @@ def test_a_part_that_loses_nothing_in_the_ranking_stays_dense():
     assert result.model.neck.get_submodule("0").out_channels == 4  # 20 of 24 cut, its floor is 4
 
 
+def test_a_ratio_that_cuts_nothing_in_any_part_warns_why():
+    model = two_parts_with_known_scores()
+    with pytest.warns(UserWarning, match="16 prunable channels, but the ratio, min_ratio"):
+        result = fxprune.prune(model, torch.randn(2, 3, 8, 8), 0.01, 0.15, "l1")  # floor(0.4) = 0 cut
+    assert [p.qualname for p in result.parts] == ["backbone", "neck"]
+    assert result.params_after == result.params_before
+
+
 def test_flops_target_budgets_the_parts_together():
     model = two_parts_with_known_scores()
     x = torch.randn(2, 3, 8, 8)
@@ -264,6 +272,49 @@ def test_flops_target_budgets_the_parts_together():
     slim = sum(p.result.macs_after for p in result.parts)
     assert 0.4 * dense < slim <= 0.5 * dense
     assert (result.macs_before, result.macs_after) == (hook_macs(model, x), hook_macs(result.model, x))
+
+
+class Level(nn.Module):
+    """A container whose own forward branches on a size (untraceable); its blocks trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1))
+
+    def forward(self, x):
+        if x.shape[-1] > 1000:
+            return x
+        return x + self.blocks(x)
+
+
+class LeafHoldsEverything(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.level = Level()
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.level(self.stem(x)))
+
+
+def test_traced_model_whose_leaves_hold_every_prunable_layer_is_pruned_inside_them():
+    """timm's NesT and Gemma4 ViT: the model traces, but a container on the way (the
+    automatic leaf) holds every prunable layer; pruning descends into it part by part."""
+    model = LeafHoldsEverything().eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = fxprune.analyze(model, x)
+    assert not graph.prunable_groups() and [leaf.qualname for leaf in leaves_of(graph.gm)] == ["level"]
+    result = fxprune.prune(model, x, 0.5, 0.15, "l1")
+    assert [p.qualname for p in result.parts] == ["level.blocks"]
+    assert isinstance(result.model, LeafHoldsEverything) and isinstance(result.model.level, Level)
+    assert result.model.level.blocks.get_submodule("0").out_channels == 8  # half of 16
+    assert dict(result.skipped)["stem"].startswith("traced, but every channel is frozen")
+    assert all(r.passed and r.exact for r in result.verify())
+    assert (result.params_before, result.params_after) == (count_parameters(model), count_parameters(result.model))
+    assert (result.macs_before, result.macs_after) == (hook_macs(model, x), hook_macs(result.model, x))
+    again = fxprune.apply_plan(LeafHoldsEverything().eval(), result.plan.to_dict(), x)
+    assert again.level.blocks.get_submodule("0").out_channels == 8
 
 
 def test_untraceable_root_without_prunable_parts_raises_the_trace_error():
