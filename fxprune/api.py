@@ -155,6 +155,8 @@ def prune(
     pruned, and a ``fxprune.partial.PartialPruneResult`` is returned (see that module).
     When nothing can be pruned, a warning names what blocks it.
     """
+    if isinstance(graph, ComposedGraph):  # analyze(..., heads="both") was given
+        heads = "both"
     scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", "custom")
     target_text = target if target is None or isinstance(target, str) else target.describe()
     config = PruneConfig(ratio, min_ratio, scorer_name, round_to, target_text, heads, uniform)

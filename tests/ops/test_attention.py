@@ -613,3 +613,12 @@ def test_one_analysis_refuses_both():
     gm = trace_model(Block(NanoGPTAttention()).eval(), X)
     with pytest.raises(fxprune.ConfigError, match="two composed passes"):
         build_channel_graph(gm, {"heads": "both"})
+
+
+def test_both_graph_from_analyze_is_reused_by_prune():
+    torch.manual_seed(0)
+    model = Block(NanoGPTAttention()).eval()
+    graph = fxprune.analyze(model, X, heads="both")
+    r = fxprune.prune(model, X, ratio=0.5, scorer="l1", uniform=True, graph=graph)
+    assert r.graph is graph and r.plan.settings["heads"] == "both"
+    assert fxprune.verify_equivalence(r.graph, r.keep, r.model, (X,)).passed
