@@ -281,10 +281,21 @@ def _get_attr_labels(b: Builder, node: fx.Node) -> Labels | None:
     # buffers (masks, rotary tables) and vectors (gammas, biases) are sliced with their
     # channels but never score them (an additive -inf mask would give non-finite scores)
     producer = isinstance(value, nn.Parameter) and value.dim() > 1
+    # a conv weight's kernel dims are never channels: plain, so a reshape may merge them
+    # with the input channels (weight standardisation, timm's ScaledStdConv2d)
+    # (the GraphModule holds a traced-through module as a plain Module: its class is in
+    # the node's module stack)
+    owner_class = next((cls for path, cls in (node.meta.get("nn_module_stack") or {}).values()
+                        if path == owner), type(b.modules.get(owner)))
+    is_conv_weight = node.target.endswith(".weight") and issubclass(owner_class, _CONVS)
     return [
-        b.param_space(node.target, d, size, producer) if size > 1 else None
+        b.param_space(node.target, d, size, producer) if size > 1 and not (is_conv_weight and d >= 2)
+        else None
         for d, size in enumerate(value.shape)
     ]
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def _fetch_attr(gm: nn.Module, target: str) -> Any:

@@ -365,6 +365,11 @@ def _functional_bn(b, node):
                 b.freeze(xl[1], f"batch_norm '{node.name}' with scalar statistics")
             else:
                 b.tie(tl[0], xl[1], f"batch_norm '{node.name}'")
+    if node.target is F.batch_norm and (arg(node, 5, "training", False) or arg(node, 1, "running_mean") is None):
+        # statistics of this batch, over every dim but 1: channels there meet each other
+        for dim, labels in enumerate(xl):
+            if dim != 1:
+                b.mark_inexact(labels, f"batch_norm '{node.name}' normalises across them")
     return list(xl)
 
 

@@ -110,7 +110,8 @@ def reshape_labels(b: Builder, node: fx.Node, in_shape: tuple, xl: Labels, shape
         labeled = [d for d in gi if xl[d] is not None]
         if not labeled:
             continue
-        if len(labeled) > 1 or (0 in gi and len(gi) > 1):
+        # dim 0 merged with a channel dim folds the batch in, unless it is 1 wide
+        if len(labeled) > 1 or (0 in gi and any(in_shape[d] > 1 for d in gi if d != labeled[0])):
             b.freeze_labels(
                 [xl[d] for d in labeled], f"reshape at '{node.name}' mixes channel dims"
             )

@@ -118,22 +118,37 @@ class KeywordFunctional(nn.Module):
         return F.linear(input=y, weight=self.fc2.weight, bias=self.fc2.bias)
 
 
-class StandardisedConv(nn.Module):
+class StandardisedConv(nn.Conv2d):
     """timm's ScaledStdConv2d (NFNets): the weight is standardised per output channel
-    through F.batch_norm on a reshaped copy, then passed to F.conv2d with the module's
-    bias. The reshape hides the weight's channels, so the bias must be kept with them."""
+    through F.batch_norm on a reshaped copy, then passed to F.conv2d with the bias.
+    ``mix=True`` hides the weight's channels behind a reshape that really mixes them
+    (output and input channels in one dim): then the bias must stay with them."""
 
-    def __init__(self):
+    def __init__(self, cin, cout, mix=False):
+        super().__init__(cin, cout, 3, padding=1)
+        self.gain = nn.Parameter(torch.rand(cout, 1, 1, 1) + 0.5)
+        self.mix = mix
+
+    def forward(self, x):
+        if self.mix:
+            weight = self.weight.flatten(0, 1).tanh().reshape_as(self.weight)
+        else:
+            weight = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                                  weight=(self.gain * 0.2).view(-1), training=True, momentum=0.0,
+                                  eps=1e-5).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding)
+
+
+class StandardisedNet(nn.Module):
+    def __init__(self, mix=False):
         super().__init__()
-        self.std = nn.Conv2d(3, 16, 3, padding=1)
-        self.gain = nn.Parameter(torch.rand(16, 1, 1, 1) + 0.5)
-        self.conv1 = nn.Conv2d(16, 12, 1)
+        self.std1 = StandardisedConv(3, 16, mix)
+        self.std2 = StandardisedConv(16, 12, mix)
+        self.conv1 = nn.Conv2d(12, 12, 1)
         self.conv2 = nn.Conv2d(12, 4, 1)
 
     def forward(self, x):
-        weight = F.batch_norm(self.std.weight.reshape(1, 16, -1), None, None, weight=(self.gain * 0.2).view(-1),
-                              training=True, momentum=0.0, eps=1e-5).reshape_as(self.std.weight)
-        y = torch.relu(F.conv2d(x, weight, self.std.bias, padding=1))
+        y = torch.relu(self.std2(torch.relu(self.std1(x))))
         return self.conv2(torch.relu(self.conv1(y)))
 
 
@@ -207,7 +222,18 @@ def test_functional_layers_with_keyword_arguments(scorer, ratio, min_ratio):
 
 @pytest.mark.parametrize("scorer,ratio,min_ratio", SETTINGS)
 def test_bias_of_a_computed_weight_stays_with_its_frozen_channels(scorer, ratio, min_ratio):
-    result = prune_and_check(StandardisedConv(), torch.randn(2, 3, 6, 6), ratio, min_ratio, scorer)
-    assert result.model.std.bias.shape == (16,)  # was sliced alone: the slim model did not run
-    assert result.model.std.weight.shape == (16, 3, 3, 3)
+    result = prune_and_check(StandardisedNet(mix=True), torch.randn(2, 3, 6, 6), ratio, min_ratio, scorer)
+    assert result.model.std2.bias.shape == (12,)  # was sliced alone: the slim model did not run
+    assert result.model.std2.weight.shape == (12, 16, 3, 3)
     assert result.model.conv1.out_channels < 12
+
+
+@pytest.mark.parametrize("scorer,ratio,min_ratio", SETTINGS)
+def test_weight_standardisation_prunes_both_dims_structurally(scorer, ratio, min_ratio):
+    # the batch statistics of the weight run over its input channels: pruning those is
+    # checked structurally, the output channels numerically
+    result = prune_and_check(StandardisedNet(), torch.randn(2, 3, 6, 6), ratio, min_ratio, scorer, exact=False)
+    std1, std2 = result.model.std1, result.model.std2
+    assert std1.weight.shape[0] < 16
+    assert std1.bias.shape == std1.gain.shape[:1] == std1.weight.shape[:1]
+    assert std2.weight.shape[1] == std1.weight.shape[0]
