@@ -25,20 +25,14 @@ brief for this model says: to the activations (``scale = 1``) when positive, to 
 table's scale when negative. Without a dense timing at all (a stubbed runtime) the model
 is the table alone.
 
-**Refit**: every slim model measured adds a point (its measured fraction times ``D``);
-``(scale, act_ms)`` are refitted by non-negative least squares on the relative error
-over all points, the dense one included, so the correction loop's next budget comes from
-a model that has seen the runtime's answers, not from a secant on the budget.
+The model sets the correction loop's first budget; misses are corrected on the budget
+(``latency_target._next_budget``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
-
-PRIOR_WEIGHT = 0.03  # pull of the calibrated split in a refit, against each point's relative error
 
 
 @dataclass
@@ -52,7 +46,6 @@ class LatencyModel:
     scale: float = 1.0
     act_ms: float = 0.0  # ms per million activation elements
     calibrated: bool = False  # from a real dense timing
-    points: list[tuple[float, float, float]] = field(default_factory=list)  # (T, A, measured ms)
 
     @classmethod
     def calibrate(cls, table_dense: float, acts_dense: float, dense_ms: float | None = None,
@@ -74,7 +67,6 @@ class LatencyModel:
                 model = cls(table_dense, acts_dense, dense_ms, overhead, 1.0, residual / acts_dense, True)
             else:
                 model = cls(table_dense, acts_dense, dense_ms, overhead, (dense_ms - overhead) / table_dense, 0.0, True)
-        model.points.append((table_dense, acts_dense, dense_ms))
         return model
 
     # ---- predictions
@@ -92,44 +84,11 @@ class LatencyModel:
         whole = variable + self.overhead
         return float(min(1.0, max(1e-3, (goal * whole - self.overhead) / max(variable, 1e-12))))
 
-    # ---- learning from measurements
-    def add(self, table_ms: float, acts: float, measured_fraction: float) -> None:
-        """One measured slim model; refits when there are two points or more."""
-        if not self.points:  # no dense timing: the model's own dense is the reference
-            self.points.append((self.table_dense, self.acts_dense, self.ms(self.table_dense, self.acts_dense)))
-        self.points.append((table_ms, acts, measured_fraction * self.points[0][2]))
-        self.refit()
-
-    def refit(self) -> None:
-        """Non-negative least squares on the relative errors of all points, with a weak
-        pull (``PRIOR_WEIGHT``) towards the calibrated split: along one pruning path the
-        table and the activations shrink almost together, and two points alone would let
-        one term take all (a fit of "table x 0.02 + all activations" was seen)."""
-        from scipy.optimize import nnls
-
-        if len(self.points) < 2:
-            return
-        dense_t, dense_a, dense_y = self.points[0]
-        # unknowns: the layers' and the activations' shares of dense (x1, x2)
-        rows, targets = [], []
-        for t, a, y in self.points:
-            rows.append([t / dense_t * dense_y / y, (a / dense_a if dense_a else 0.0) * dense_y / y])
-            targets.append((y - self.overhead) / y)
-        prior = [self.scale * dense_t / dense_y, self.act_ms * dense_a / dense_y]
-        weight = PRIOR_WEIGHT ** 0.5
-        rows += [[weight, 0.0], [0.0, weight]]
-        targets += [weight * prior[0], weight * prior[1]]
-        (layers, activations), _ = nnls(np.array(rows), np.array(targets))
-        if layers <= 0 and activations <= 0:
-            return
-        self.scale = float(layers * dense_y / dense_t)
-        self.act_ms = float(activations * dense_y / dense_a) if dense_a else 0.0
-
     def to_dict(self) -> dict[str, Any]:
         return {"dense_ms": round(self.dense_ms, 3), "table_dense_ms": round(self.table_dense, 3),
                 "activations_M": round(self.acts_dense, 3), "overhead_ms": round(self.overhead, 4),
                 "scale": round(self.scale, 4), "act_ms_per_M": round(self.act_ms, 5),
-                "calibrated": self.calibrated, "points": len(self.points)}  # fmt: skip
+                "calibrated": self.calibrated}  # fmt: skip
 
 
 LAYER_KERNELS = ("conv", "depthwise", "grouped", "gemm")  # op_breakdown categories the table times

@@ -239,9 +239,8 @@ def test_correction_loop_lands_within_ten_percent(tmp_path):
     first, second = result.steps[:2]
     assert first.budget == pytest.approx(0.5)
     assert first.measured > 0.55  # too slow: the table is optimistic about narrow layers
-    # so the refitted model selects a smaller model (the budget is now a fraction of the
-    # refitted model's dense cost, so it is the selection, not the number, that must drop)
-    assert second.macs < first.macs and second.channels <= first.channels
+    assert second.budget <= 0.5 * 0.5 / first.measured + 1e-9  # so the budget went down
+    assert second.macs < first.macs
     assert result.result.plan.settings["target"] == "latency=0.5"
     assert result.result.plan.settings["latency"]["measured"] == pytest.approx(result.measured)
     out = result.model(*example())
@@ -351,7 +350,7 @@ def test_calibrated_model_predicts_the_first_attempt(tmp_path):
     assert abs(first_table.predicted / first_table.measured - 1) > 0.05
 
 
-def test_latency_model_calibration_and_refit():
+def test_latency_model_calibration():
     # profiled under load: dense 300 ms, 60% in conv kernels, 30% in others, 10% outside
     loaded = LatencyModel.calibrate(80.0, 40.0, 300.0, 30.0, layer_share=0.6, activation_share=0.3)
     assert loaded.scale == pytest.approx(180 / 80) and loaded.act_ms == pytest.approx(90 / 40)
@@ -367,19 +366,9 @@ def test_latency_model_calibration_and_refit():
     # a pessimistic table (residual < 0) is scaled, not given negative activations
     pessimistic = LatencyModel.calibrate(120.0, 40.0, 100.0, 4.0)
     assert pessimistic.act_ms == 0.0 and pessimistic.scale == pytest.approx(96 / 120)
-    # the runtime is really 1.5 x table + 0.1 ms/M + 4: two slim measurements recover it
-    truth = lambda t, a: 1.5 * t + 0.1 * a + 4.0
-    model = LatencyModel.calibrate(80.0, 40.0, truth(80.0, 40.0), 4.0)
-    for t, a in ((40.0, 25.0), (20.0, 8.0)):
-        model.add(t, a, truth(t, a) / truth(80.0, 40.0))
-    for t, a in ((40.0, 25.0), (20.0, 8.0), (30.0, 15.0)):  # the points, and one between them
-        assert model.fraction(t, a) == pytest.approx(truth(t, a) / truth(80.0, 40.0), rel=0.03)
-    assert model.scale > 1.3 and model.act_ms < 0.5  # moved from the residual's split (1, 1.1) towards (1.5, 0.1)
-    # without a dense timing the model is the table alone until measurements come in
+    # without a dense timing the model is the table alone
     bare = LatencyModel.calibrate(80.0, 40.0, None)
     assert not bare.calibrated and bare.fraction(40.0, 5.0) == pytest.approx(0.5)
-    bare.add(40.0, 30.0, 0.6)  # fits 0.6 x 80 = 0.6 x 40 + 0.8 x 30 (scale 0.6, 0.8 ms/M)
-    assert bare.fraction(40.0, 30.0) == pytest.approx(0.6, rel=0.08) and bare.act_ms > 0.3  # the prior (0) still pulls
 
 
 def test_profile_shares_split_a_dense_profile():
