@@ -46,7 +46,7 @@ RATIO = 0.5
 # their transform's min/max size set to --det-size (fixed-size SSD models resize anyway)
 INPUT_SHAPES = {"inception_v3": (1, 3, 299, 299), "googlenet": (1, 3, 224, 224)}
 VIDEO_SHAPES = {"mvit_v1_b": (1, 3, 16, 224, 224), "mvit_v2_s": (1, 3, 16, 224, 224),
-                "s3d": (1, 3, 16, 112, 112)}
+                "s3d": (1, 3, 16, 224, 224)}  # its final pool needs 224 px
 SKIP = {"raft_large": "optical flow: two image inputs", "raft_small": "optical flow: two image inputs"}
 
 
