@@ -1,7 +1,8 @@
 """Coverage sweep: prune every model of a zoo with fxprune and with Torch-Pruning.
 
 Each (model, tool) pair runs in its own process with a wall-clock and a memory cap, one torch thread,
-random weights (nothing is downloaded). fxprune's result is checked by the masked-dense
+random weights (nothing is downloaded; zero-initialised weights get random values, see
+``unzero``). fxprune's result is checked by the masked-dense
 oracle (exact where the channel classes allow it, structural otherwise: the slim model
 runs and gives outputs of the same shapes); Torch-Pruning's by running the pruned model,
 its own success criterion. A model counts as a success for a tool when the pruned model
@@ -86,6 +87,21 @@ def timm_smallest(cache: Path, families: slice = slice(None)) -> list[str]:
         known[module] = best[0] if best else None
         cache.write_text(json.dumps(known, indent=1))
     return [known[m] for m in modules if known.get(m)]
+
+
+def unzero(model) -> int:
+    """Give zero-initialised weights random values (torchvision's ViT classifier, the last
+    norm of residual branches): with them a random-weight model outputs zeros, or a branch
+    adds nothing, and the oracle compares nothing there. Returns how many were changed."""
+    import torch
+
+    changed = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.is_floating_point() and p.numel() > 1 and not p.any():
+                torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.uniform_(p, 0.5, 1.5)
+                changed += 1
+    return changed
 
 
 def build(suite: str, name: str, det_size: int):
@@ -260,7 +276,7 @@ def worker(tool: str, suite: str, name: str, det_size: int, out_file: str) -> No
     started = time.perf_counter()
     try:
         model, inputs = build(suite, name, det_size)
-        info: dict[str, Any] = {"input": list(inputs[0].shape)}
+        info: dict[str, Any] = {"input": list(inputs[0].shape), "unzeroed": unzero(model)}
         STAGE[0] = "prune"
         if tool == "fxprune":
             info.update(run_fxprune(model, inputs))
