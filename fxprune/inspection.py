@@ -13,7 +13,7 @@ from torch import nn
 from .api import analyze
 from .cost import CostModel, count_params
 from .ops.heads import describe_blocks, head_blocks
-from .partial import PartsReport, inspect_parts
+from .partial import PartsReport, inspect_parts, needs_descent
 from .trace import UntraceableRoot, leaves_of
 
 
@@ -109,13 +109,19 @@ def attention_table(rows: list[dict[str, Any]], max_rows: int = 40):
     return t
 
 
-def inspect_model(model, example_inputs, leaf_modules=(), name: str | None = None) -> InspectReport | PartsReport:
+def inspect_model(model, example_inputs, leaf_modules=(),
+                  name: str | None = None) -> InspectReport | PartsReport:
     """The channel groups of ``model``; for a model whose own forward does not trace, a
     ``PartsReport``: the same report for each submodule that traces (``fxprune.partial``)."""
     try:
         graph = analyze(model, example_inputs, leaf_modules)
     except UntraceableRoot as root_error:
         return inspect_parts(model, example_inputs, inspect_model, leaf_modules, root_error, name)
+    if needs_descent(graph):  # as prune does: the layers sit in containers that do not trace
+        try:
+            return inspect_parts(model, example_inputs, inspect_model, leaf_modules, None, name)
+        except UntraceableRoot:
+            pass  # no part inside traces: the whole-model report says what is frozen
     attention = []
     if head_blocks(graph):  # whole heads couple differently: one more (read-only) analysis
         whole = analyze(model, example_inputs, leaf_modules, copy_model=False, heads="whole")

@@ -319,13 +319,13 @@ class PartsReport:
 
     model: str
     params: int
-    root_reason: str  # why the model's own forward does not trace
+    root_reason: str  # why it is pruned part by part (its own forward does not trace, ...)
     parts: list[tuple[str, str, Any]]  # (qualname, class name, InspectReport on its first call)
     not_traced: list[tuple[str, str]]  # (qualname, why): kept as they are when pruning
     max_members: int = 4
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "params": self.params, "untraceable_root": self.root_reason,
+        return {"model": self.model, "params": self.params, "why_part_by_part": self.root_reason,
                 "parts": [{**report.to_dict(), "module": q, "type": t} for q, t, report in self.parts],
                 "not_traced": [{"module": q, "reason": why} for q, why in self.not_traced]}
 
@@ -334,9 +334,9 @@ class PartsReport:
         from rich.table import Table
         from rich.text import Text
 
-        lines: list[Any] = [Text(f"{self.model} ({self.params:,} params): its own forward does not trace "
-                                 f"({self.root_reason}). Pruning works part by part: the {len(self.parts)} "
-                                 "submodules below trace on their own; the rest runs as it is.")]
+        lines: list[Any] = [Text(f"{self.model} ({self.params:,} params): {self.root_reason}. Pruning works "
+                                 f"part by part: the {len(self.parts)} submodules below trace on their own; "
+                                 "the rest runs as it is.")]
         summary = Table(title="traced parts", title_justify="left")
         for col, justify in (("module", "left"), ("type", "left"), ("params", "right"), ("groups", "right"),
                              ("prunable channels", "right"), ("leaves", "right")):
@@ -371,15 +371,20 @@ def inspect_parts(model: nn.Module, example_inputs: Any, inspect_part: InspectPa
                   leaf_modules: Iterable = (), root_error: UntraceableRoot | None = None,
                   name: str | None = None) -> PartsReport:
     """The ``PartsReport`` of ``model`` (``inspection.inspect_model`` hands itself in as
-    ``inspect_part``); raises ``root_error`` when no submodule traces."""
+    ``inspect_part``) whose root does not trace (``root_error``) or which ``needs_descent``
+    (``root_error=None``); raises an ``UntraceableRoot`` when no submodule traces."""
     inputs = as_input_tuple(example_inputs)
     found, skipped = find_traceable_parts(model, inputs, leaf_modules,
                                           descend=_descend_if_leaves_hold_all(None))
     if not found:
         raise root_error or UntraceableRoot(f"{type(model).__name__}: no submodule traces")
-    reason = str(root_error).split(". Fix:")[0] if root_error is not None else "untraceable"
-    if len(reason) > MAX_REASON:
-        reason = reason[:MAX_REASON - 3] + "..."
+    if root_error is None:  # it traces, but needs_descent: its prunable layers are in leaves
+        reason = "it traces, but every prunable layer sits inside modules that do not trace"
+    else:
+        reason = str(root_error).split(". Fix:")[0]
+        if len(reason) > MAX_REASON:
+            reason = reason[:MAX_REASON - 3] + "..."
+        reason = f"its own forward does not trace ({reason})"
     reports = []
     for part in found:
         module = model.get_submodule(part.qualname)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import torch
 from typer.testing import CliRunner
 
 from fxprune.cli import app
@@ -84,3 +85,13 @@ def test_cli_inspect_untraceable_root(tmp_path):
     data = json.loads(out.read_text())
     assert [p["module"] for p in data["parts"]] == ["backbone", "neck", "head"]
     assert data["parts"][1]["params"] == 16 * 24 + 24 + 24 * 8 + 8
+
+
+def test_inspect_descends_where_prune_does():
+    """A model that traces but keeps every prunable layer in an untraceable container."""
+    from tests.trace.test_partial import LeafHoldsEverything
+
+    report = inspect_model(LeafHoldsEverything().eval(), torch.randn(2, 3, 8, 8))
+    assert isinstance(report, PartsReport)
+    assert report.root_reason.startswith("it traces, but every prunable layer sits inside")
+    assert [q for q, _, r in report.parts if any(g["prunable"] for g in r.groups)] == ["level.blocks"]
