@@ -43,6 +43,19 @@ def to_meta(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=META)
 
 
+def mutable_args(value: Any) -> Any:
+    """``value`` with fx's immutable lists (how an Interpreter hands a node its list
+    arguments) turned into plain lists: some callees mutate theirs (torchvision's video
+    swin ``_get_window_and_shift_size``), which the traced model's own code allows."""
+    if isinstance(value, fx.immutable_collections.immutable_list):
+        return [mutable_args(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(mutable_args(v) for v in value)
+    if isinstance(value, fx.immutable_collections.immutable_dict):
+        return {k: mutable_args(v) for k, v in value.items()}
+    return value
+
+
 def _meta_args(value: Any) -> Any:
     """``value`` with every tensor inside tuples, lists and dicts (fx's immutable ones
     included) moved to meta; containers are rebuilt only where something changes."""
@@ -50,6 +63,8 @@ def _meta_args(value: Any) -> Any:
         return to_meta(value)
     if isinstance(value, (tuple, list)) and not isinstance(value, torch.Size):
         new = [_meta_args(v) for v in value]
+        if isinstance(value, fx.immutable_collections.immutable_list):
+            return new  # a plain list, as mutable_args gives
         if all(a is b for a, b in zip(new, value)):
             return value
         if isinstance(value, list):

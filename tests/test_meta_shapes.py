@@ -188,3 +188,29 @@ def test_cli_inspects_a_meta_model_and_refuses_to_prune_it(tmp_path):
     assert r.exit_code == 2
     assert "meta device (no weights)" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out").exists()
+
+
+@torch.fx.wrap
+def clip_window(window: list, size: list) -> list:
+    """Like torchvision's video swin ``_get_window_and_shift_size``: mutates its list."""
+    for i in range(len(window)):
+        if size[i] <= window[i]:
+            window[i] = size[i]
+    return window
+
+
+class MutatesListArgs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        window = clip_window([7, 7], [y.shape[2], y.shape[3]])
+        return F.avg_pool2d(y, window)
+
+
+def test_a_callee_may_mutate_its_list_arguments(no_real_pass):
+    # fx's Interpreter hands immutable lists; the traced model's own code passes plain ones
+    gm = trace_model(MutatesListArgs(), torch.randn(1, 3, 5, 5))
+    assert list(gm.graph.nodes)[-2].meta[META_SHAPE] == (1, 8, 1, 1)
