@@ -12,6 +12,7 @@ from torch import nn
 
 from .api import analyze
 from .cost import CostModel, count_params
+from .ops import build_channel_graph
 from .ops.heads import describe_blocks, head_blocks
 from .partial import PartsReport, inspect_parts, needs_descent
 from .trace import UntraceableRoot, leaves_of
@@ -122,11 +123,6 @@ def inspect_model(model, example_inputs, leaf_modules=(),
             return inspect_parts(model, example_inputs, inspect_model, leaf_modules, None, name)
         except UntraceableRoot:
             pass  # no part inside traces: the whole-model report says what is frozen
-    attention = []
-    if head_blocks(graph):  # whole heads couple differently: one more (read-only) analysis
-        whole = analyze(model, example_inputs, leaf_modules, copy_model=False, heads="whole")
-        attention = describe_blocks(graph, whole)
-        del whole
     cost = CostModel(graph, example_inputs)
     class_cost = cost.class_costs(split=True)
     total = max(1.0, float(cost.total))
@@ -142,6 +138,11 @@ def inspect_model(model, example_inputs, leaf_modules=(),
             "inexact": g.inexact_reason,
             "flops_share": float(np.sum(class_cost[g.classes]) / total),
         })
+    attention = []
+    blocks = head_blocks(graph)
+    if blocks:  # whole heads couple differently: label the same traced graph once more
+        whole = build_channel_graph(graph.gm, {"heads": "whole"})  # graph.gm's labels are now whole's
+        attention = describe_blocks(graph, whole, blocks)
     return InspectReport(
         model=name or type(model).__name__,
         params=count_params(model),

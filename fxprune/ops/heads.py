@@ -143,12 +143,17 @@ def block_status(graph: ChannelGraph, block: HeadBlock) -> str:
     return f"{'frozen' if frozen.all() else 'partly frozen'}: {reason}"
 
 
-def describe_blocks(dims_graph: ChannelGraph, whole_graph: ChannelGraph | None) -> list[dict[str, Any]]:
+def describe_blocks(dims_graph: ChannelGraph, whole_graph: ChannelGraph | None,
+                    dims_blocks: list[HeadBlock] | None = None) -> list[dict[str, Any]]:
     """One row per block: heads, head dim, kv heads, and the status of head dims (from
-    an analysis with ``heads="dims"``) and of whole heads (``heads="whole"``)."""
+    an analysis with ``heads="dims"``) and of whole heads (``heads="whole"``).
+    ``dims_blocks``: ``head_blocks(dims_graph)`` read before its traced graph was
+    labelled again for ``whole_graph``."""
+    if dims_blocks is None:
+        dims_blocks = head_blocks(dims_graph)
     whole = {b.name: b for b in head_blocks(whole_graph)} if whole_graph is not None else {}
     rows = []
-    for block in head_blocks(dims_graph):
+    for block in dims_blocks:
         other = whole.get(block.name)
         rows.append({
             "block": block.name,
