@@ -203,14 +203,22 @@ class MutatesListArgs(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
-        y = self.conv(x)
+        y = torch.relu(self.conv(x))
         window = clip_window([7, 7], [y.shape[2], y.shape[3]])
-        return F.avg_pool2d(y, window)
+        return self.head(F.avg_pool2d(y, window))
 
 
 def test_a_callee_may_mutate_its_list_arguments(no_real_pass):
     # fx's Interpreter hands immutable lists; the traced model's own code passes plain ones
     gm = trace_model(MutatesListArgs(), torch.randn(1, 3, 5, 5))
-    assert list(gm.graph.nodes)[-2].meta[META_SHAPE] == (1, 8, 1, 1)
+    assert gm.graph.find_nodes(op="call_module", target="head")[0].meta[META_SHAPE] == (1, 4, 1, 1)
+
+
+def test_a_callee_that_mutates_its_list_arguments_prunes_against_the_oracle():
+    from tests.harness import prune_and_check
+
+    result = prune_and_check(MutatesListArgs(), torch.randn(1, 3, 5, 5), 0.5, 0.15, "l1")
+    assert result.model.conv.out_channels < 8
