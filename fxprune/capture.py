@@ -26,9 +26,15 @@ GraphModule:
   key/value cache among the outputs, a tuple instead of a ``ModelOutput``) are constants.
 
 What dynamo specialises stays specialised in the slim model: a dim of size 1 in the
-example inputs (the batch of ``(1, T)`` token ids) is a constant in the graph, so pass
-the batch size the slim model will run with. The sequence length stays symbolic where
-dynamo could keep it so.
+example inputs (the batch of ``(1, T)`` token ids) is a constant in the graph, so give a
+batch of 2 or more; other sizes (batch, sequence length) stay symbolic where dynamo could
+keep them so. The capture runs in eval mode (dropout is off in the graph).
+
+When it runs: ``fxprune.trace.trace_model`` calls ``capture_instead`` when symbolic tracing
+fails at the root of a model from ``CAPTURED_LIBRARIES`` (libraries written for dynamo);
+other models are captured on request with ``capture_model``. This is the one module that
+uses torch's private capture machinery (``torch._dynamo.export``, ``torch.utils._pytree``,
+the exported graph's ``_out_spec``).
 """
 
 from __future__ import annotations

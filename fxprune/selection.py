@@ -5,7 +5,9 @@ score; all of them go into one global set, sorted ascending, and the lowest
 ``floor(ratio * N)`` are pruned (ranking instead of a float threshold makes ties
 deterministic: lower class id first). Then each group that would keep fewer than
 ``ceil(min_ratio * size)`` channels (never fewer than one) gets its best-scored channels
-back up to that floor. Frozen classes are always kept and count towards the floor.
+back up to that floor. Frozen classes are always kept and count towards the floor. Every
+layer dimension (space) gets the same floor, and no tensor dim of the graph keeps zero
+channels (a packed q|k|v space could otherwise lose all of v's head dims).
 ``round_to`` then rounds each group's kept count up to a multiple (capped at its size).
 
 ``target="flops=0.3"`` (``select_for_target``) replaces the channel count by a budget:

@@ -4,6 +4,8 @@
 its parameters and attributes (``in_channels``, ``num_features``, ``groups``, ...),
 slices ``get_attr`` tensors, and lets op rules rewrite constant arguments that encode
 channel counts (split sizes, view shapes, slice bounds). The input is never modified.
+A Parameter the dense model shares between modules (a tied LM head and its embedding) is
+shared again in the slim model when every place kept the same channels.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import copy
 from collections import defaultdict
 
 import numpy as np
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -67,6 +70,7 @@ def kept_indices(graph: ChannelGraph, keep: np.ndarray) -> dict[str, np.ndarray]
 def slim(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
     check_keep(graph, keep)
     new = copy.deepcopy(graph.gm)
+    tied = _tied_parameters(new)
     cuts = kept_indices(graph, keep)
     by_module: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     for key, idx in cuts.items():
@@ -79,6 +83,7 @@ def slim(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
         module = new.get_submodule(owner)
         rule = module_rule_for(module)
         rule.slice_(module, keep_by_attr)
+    _retie(tied)
     ctx = RewriteContext(graph, keep)
     for node in new.graph.nodes:
         rule = rule_for(node)
@@ -87,6 +92,27 @@ def slim(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
         node.meta.pop(META_LABELS, None)
     new.recompile()
     return new
+
+
+def _tied_parameters(gm: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """Places that hold one shared Parameter (a tied LM head and its embedding)."""
+    places: dict[int, list[tuple[nn.Module, str]]] = defaultdict(list)
+    for module in gm.modules():
+        for name, param in module.named_parameters(recurse=False, remove_duplicate=False):
+            places[id(param)].append((module, name))
+    return [group for group in places.values() if len(group) > 1]
+
+
+def _retie(tied: list[list[tuple[nn.Module, str]]]) -> None:
+    """Slicing gives each place its own Parameter; where they came out identical (the same
+    channels cut), they share one again, as in the dense model."""
+    for (first_module, first_name), *others in tied:
+        first = getattr(first_module, first_name)
+        for module, name in others:
+            param = getattr(module, name)
+            if param is not first and param.shape == first.shape and not param.is_meta \
+                    and torch.equal(param, first):
+                setattr(module, name, first)
 
 
 def _slice_attr(gm: nn.Module, target: str, dim: int, idx: np.ndarray) -> None:

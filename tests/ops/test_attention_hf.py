@@ -72,18 +72,20 @@ def analysed(request):
 
 @pytest.mark.parametrize("scorer,ratio,min_ratio", SETTINGS)
 def test_hf_model_prunes_whole_and_matches_the_oracle(analysed, scorer, ratio, min_ratio):
-    name, model, graph, (residual, residual_dim), attention = analysed
+    _, model, graph, (residual, residual_dim), attention = analysed
     assert graph.gm.meta.get("fxprune_captured") == "dynamo"
     result = fxprune.prune(model, (IDS,), ratio=ratio, min_ratio=min_ratio, scorer=scorer, graph=graph)
     assert result.params_after < 0.75 * result.params_before, (result.params_before, result.params_after)
-    dense = dict(model.named_parameters())
-    slim = dict(result.model.named_parameters())
+    dense, slim = model.get_parameter, result.model.get_parameter  # by name, tied ones included
     # the residual stream (embedding width) and every layer's attention projections shrink
-    assert slim[residual].shape[residual_dim] < dense[residual].shape[residual_dim]
+    assert slim(residual).shape[residual_dim] < dense(residual).shape[residual_dim]
+    lm_head = getattr(model, "lm_head", None)
+    if lm_head is not None and lm_head.weight is dense(residual):  # GPT-2's tied LM head stays tied
+        assert slim("lm_head.weight") is slim(residual)
     for i in range(2):
         for pattern, dim in attention:
             key = pattern.format(i=i)
-            assert slim[key].shape[dim] < dense[key].shape[dim], key
+            assert slim(key).shape[dim] < dense(key).shape[dim], key
     report = verify_equivalence(result.graph, result.keep, result.model, (IDS,))
     assert report.passed, report.detail
     assert report.numeric_fraction > 0.5, report.detail  # heads, head dims, MLP: numerically
@@ -94,8 +96,11 @@ def test_hf_model_prunes_whole_and_matches_the_oracle(analysed, scorer, ratio, m
 
 
 def test_plan_is_keyed_by_original_names_and_replays(analysed):
-    name, model, graph, _, _ = analysed
-    result = fxprune.prune(model, (IDS,), ratio=0.5, min_ratio=0.15, scorer="l1", graph=graph)
+    name, model, _, _, _ = analysed
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # no graph=: prune captures the caller's model itself (read-only analysis)
+    result = fxprune.prune(model, (IDS,), ratio=0.5, min_ratio=0.15, scorer="l1")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
     names = {n for n, _ in [*model.named_modules(), *model.named_parameters(), *model.named_buffers()]}
     assert set(result.plan.modules) <= names and set(result.plan.parameters) <= names
     assert result.plan.modules  # nn.Linear/Embedding/LayerNorm calls are modules again
@@ -157,3 +162,29 @@ def test_other_models_are_captured_only_when_asked():
     replayed = fxprune.apply_plan(capture_model(model, (x,)), result.plan, (x,))
     with torch.no_grad():
         assert torch.equal(replayed(x), result.model(x))
+
+
+class TiedLM(nn.Module):
+    """An LM head sharing its weight with the embedding (GPT-2, LLaMA with tie_word_embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.hidden = nn.Embedding(50, 16), nn.Linear(16, 16)
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return self.head(x + torch.relu(self.hidden(x)))  # one residual width end to end
+
+
+def test_tied_weights_stay_tied_after_slimming():
+    torch.manual_seed(0)
+    model = TiedLM().eval()
+    ids = torch.randint(0, 50, (2, 6))
+    result = fxprune.prune(model, (ids,), ratio=0.5, min_ratio=0.1, scorer="l1")
+    slim = result.model
+    assert slim.embed.weight.shape[1] < 16 and slim.head.weight is slim.embed.weight
+    assert result.params_after == sum(p.numel() for p in slim.parameters())
+    report = verify_equivalence(result.graph, result.keep, slim, (ids,))
+    assert report.passed and report.exact, report.detail
