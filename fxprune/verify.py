@@ -35,6 +35,7 @@ import torch.fx as fx
 from .analysis import META_LABELS, ChannelGraph, Space
 from .ops import module_rule_for
 from .shapes import mutable_args
+from .shapes import mutable_args
 from .surgery import slim
 from .trace import tensor_leaves
 
@@ -117,6 +118,12 @@ class _MaskedInterpreter(fx.Interpreter):
 
     def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple:
         # plain lists, as the model's own code passes: some callees mutate theirs
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return mutable_args(args), mutable_args(kwargs)
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node):
+        # plain lists, as the traced model's own code gets them: some callees mutate
+        # theirs (torchvision's video swin ``_get_window_and_shift_size``)
         args, kwargs = super().fetch_args_kwargs_from_env(n)
         return mutable_args(args), mutable_args(kwargs)
 

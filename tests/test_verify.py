@@ -127,3 +127,29 @@ def test_an_all_zero_reference_output_is_not_counted_as_numerically_checked():
     report = verify_equivalence(result.graph, result.keep, model, (X,))
     assert report.passed and report.numeric_fraction == 0.0
     assert "all zero" in report.detail
+
+
+class MutatesItsList(nn.Module):
+    """A callee that mutates the list it is given (torchvision's video swin does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) * grow([1, x.size(0)])
+
+
+@torch.fx.wrap
+def grow(sizes):
+    sizes[0] = 2  # mutates its argument, as the traced model's own code may
+    return float(sum(sizes))
+
+
+def test_the_oracle_hands_callees_plain_lists():
+    torch.manual_seed(0)
+    model = MutatesItsList().eval()
+    x = torch.randn(2, 8)
+    result = fxprune.prune(model, x, ratio=0.5, scorer="l1")
+    report = verify_equivalence(result.graph, result.keep, result.model, (x,))
+    assert report.passed and report.exact, report.detail
