@@ -13,10 +13,7 @@ elements each layer writes at its padded width (the work between layers; both fr
 (one group down to a lower candidate width) that loses the least score per millisecond
 saved, given the current widths of every other group, until the predicted latency is
 within the budget; then steps back up that still fit (the last step down usually
-overshoots), most score per millisecond first. With ``snap`` (the CPU's SIMD block), a
-group touching a conv only takes widths below it or multiples of it: a width off the
-block drops that conv out of ONNX Runtime's blocked layout, and the layout reorders
-around it are work no one-layer timing sees. Steps that would take any layer dimension below its own floor are
+overshoots), most score per millisecond first. Steps that would take any layer dimension below its own floor are
 not taken. Only the groups sharing a layer with the one that moved are re-evaluated.
 """
 
@@ -45,9 +42,8 @@ class LatencySelector:
     """Greedy score-per-millisecond selection over one channel graph and one table."""
 
     def __init__(self, graph, specs: dict[str, LayerSpec], scores: np.ndarray, table: LatencyTable,
-                 min_ratio: float, round_to: int | None = None, snap: int | None = None):  # fmt: skip
+                 min_ratio: float, round_to: int | None = None):  # fmt: skip
         self.graph, self.table = graph, table
-        self.snap = snap
         self.scale, self.act_ms = 1.0, 0.0
         self.round_to = round_to
         self.last_widths: list[int] | None = None
@@ -107,8 +103,6 @@ class LatencySelector:
         size, floor = self.groups[i].size, self.floor[i]
         widths = self.dense_widths()
         allowed = [w for w in range(floor, size + 1) if not round_to or w % round_to == 0 or w == size]
-        if self.snap and any(self.layers[li].spec.kind == "conv" for li in self.group_layers[i]):
-            allowed = [w for w in allowed if w == size or w < self.snap or w % self.snap == 0]
         curve = {}
         for width in allowed:
             widths[i] = width

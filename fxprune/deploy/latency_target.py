@@ -238,10 +238,7 @@ def search(graph, inputs, scores, target: LatencyTarget, *, min_ratio: float, ro
                                 provider=target.provider, threads=target.table_threads,
                                 cache_dir=target.cache_dir, use_cache=use_cache, timer=layer_timer,
                                 progress=progress)  # fmt: skip
-    # widths snapped to the ISA's block on the CPU (see LatencySelector): resnet50's slim
-    # models with widths off it ran at 0.72 of dense where the table predicted 0.41
-    snap = next((e["preferred"] for e in table.evidence.values() if e.get("preferred")), None)
-    selector = LatencySelector(graph, specs, scores, table, min_ratio, round_to, snap=snap)
+    selector = LatencySelector(graph, specs, scores, table, min_ratio, round_to)
     with tempfile.TemporaryDirectory(prefix="fxprune-latency-") as workdir:
         measure = measure or _OnnxMeasure(graph.gm, inputs, target, threads, Path(workdir), progress)
         table_dense, acts_dense = selector.features(selector.dense_widths())

@@ -207,16 +207,6 @@ def test_selection_finds_the_known_optimum(tmp_path, budget):
     assert list(kept_first) == list(range(first.size - len(kept_first), first.size))
 
 
-def test_snapped_selection_keeps_widths_on_the_block(tmp_path):
-    specs, table = build(tmp_path)
-    graph = analyze(TwoConvNet().eval(), example())
-    selector = LatencySelector(graph, specs, np.ones(graph.num_classes), table, min_ratio=0.1, snap=16)
-    for candidates in selector.candidates:
-        assert candidates and all(w < 16 or w % 16 == 0 for w in candidates), candidates
-    keep, _ = selector.select(0.6)
-    assert all(keep[g.classes].sum() < 16 or keep[g.classes].sum() % 16 == 0 for g in selector.groups)
-
-
 def test_selection_respects_min_ratio(tmp_path):
     specs, table = build(tmp_path)
     graph = analyze(TwoConvNet().eval(), example())
