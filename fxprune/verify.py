@@ -35,7 +35,6 @@ import torch.fx as fx
 from .analysis import META_LABELS, ChannelGraph, Space
 from .ops import module_rule_for
 from .shapes import mutable_args
-from .shapes import mutable_args
 from .surgery import slim
 from .trace import tensor_leaves
 
@@ -115,11 +114,6 @@ class _MaskedInterpreter(fx.Interpreter):
             mask = masks.space(s)
             if s.kind == "module" and not mask.all():
                 self.module_masks.setdefault(s.owner, {})[s.attr] = mask
-
-    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple:
-        # plain lists, as the model's own code passes: some callees mutate theirs
-        args, kwargs = super().fetch_args_kwargs_from_env(n)
-        return mutable_args(args), mutable_args(kwargs)
 
     def fetch_args_kwargs_from_env(self, n: fx.Node):
         # plain lists, as the traced model's own code gets them: some callees mutate
