@@ -4,12 +4,24 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import fxprune
 from fxprune.verify import verify_equivalence
+
+LLAMA_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "llama7b_meta.py"
+
+
+def load_llama():
+    """The benchmarks' LLaMA module (``build_model`` on meta, ``build_tiny``), from its file."""
+    spec = importlib.util.spec_from_file_location("llama7b_meta", LLAMA_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def group_members(graph) -> list[set[str]]:
@@ -51,4 +63,4 @@ def module_widths(model) -> dict[str, tuple]:
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
-__all__ = ["prune_and_check", "group_members", "kept_counts", "module_widths", "np"]
+__all__ = ["prune_and_check", "group_members", "kept_counts", "load_llama", "module_widths", "np"]

@@ -4,9 +4,7 @@ a model that has no weights at all (built on the meta device)."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,16 +16,7 @@ import fxprune
 from fxprune import trace
 from fxprune.errors import TraceError
 from fxprune.trace import META_SHAPE, propagate_shapes, trace_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_llama():
-    spec = importlib.util.spec_from_file_location(
-        "llama7b_meta", ROOT / "benchmarks" / "models" / "llama7b_meta.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.harness import LLAMA_FILE, load_llama
 
 
 class SizeArithmetic(nn.Module):
@@ -179,7 +168,7 @@ def test_cli_inspects_a_meta_model_and_refuses_to_prune_it(tmp_path):
 
     from fxprune.cli import app
 
-    spec = f"{ROOT / 'benchmarks' / 'models' / 'llama7b_meta.py'}:build_tiny"
+    spec = f"{LLAMA_FILE}:build_tiny"
     runner = CliRunner()
     r = runner.invoke(app, ["inspect", spec, "--json", str(tmp_path / "r.json")])
     assert r.exit_code == 0, r.output

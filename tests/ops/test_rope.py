@@ -9,9 +9,6 @@ benchmarks' LLaMA (``build_tiny``: RMSNorm, GQA, RoPE, SwiGLU) at both settings.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -21,23 +18,14 @@ from torch import nn
 import fxprune
 from fxprune.surgery import slim
 from fxprune.verify import verify_equivalence
-from tests.harness import group_members, prune_and_check
+from tests.harness import group_members, load_llama, prune_and_check
 
-ROOT = Path(__file__).resolve().parents[2]
 T, D_IN, HIDDEN = 6, 8, 32
 X = torch.randn(2, T, D_IN)
 SETTINGS = [
     pytest.param("synflow", 0.85, 0.15, id="synflow-0.85"),
     pytest.param("l1", 0.5, 0.15, id="l1-0.5"),
 ]
-
-
-def load_llama():
-    spec = importlib.util.spec_from_file_location(
-        "llama7b_meta", ROOT / "benchmarks" / "models" / "llama7b_meta.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rotate_half(x):
