@@ -20,8 +20,8 @@ table's dense sum the layers' share, ``act_ms`` makes the dense activations the 
 kernels' share, ``overhead`` is the rest. A profile's *shares* hold under load that
 inflates every kernel alike; a residual ``D - T(dense)`` does not (on a loaded shared
 machine the dense run took 7.6x the table's sum of least-disturbed layer timings, a gap
-that is load, not activations). Without a profile, the residual is attributed as the
-brief for this model says: to the activations (``scale = 1``) when positive, to the
+that is load, not activations). Without a profile (non-CPU providers), the
+residual is the fallback: given to the activations (``scale = 1``) when positive, to the
 table's scale when negative. Without a dense timing at all (a stubbed runtime) the model
 is the table alone.
 
