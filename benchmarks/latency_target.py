@@ -5,10 +5,13 @@ For each case the dense model (``weights=None``, seed 0) is
 * pruned by Torch-Pruning at the ratio (global L1 magnitude, ``MagnitudePruner`` with
   ``global_pruning=True``, its default widths, the classifier ignored); its ONNX Runtime
   latency, timed interleaved with the dense model, is a fraction ``f`` of dense;
-* pruned by fxprune with ``prune_to_latency(dense, x, latency=f)`` (measured latency
-  table, cached in a fresh folder so its build time is real; +-10% correction loop);
+* pruned by fxprune with ``prune_to_latency(dense, x, latency=f, scorer=S)`` for each
+  scorer S of ``--scorer`` (default ``l1,synflow``: Torch-Pruning's criterion, so only
+  the widths differ, and fxprune's default; measured latency table, cached in a fresh
+  folder so the first scorer's build time is real, the others hit that cache; +-10%
+  correction loop);
 
-then dense, Torch-Pruning and fxprune are timed interleaved in one last group (onnxruntime
+then dense, Torch-Pruning and every fxprune model are timed interleaved in one last group (onnxruntime
 CPU, intra-op threads = --threads, inter-op 1; median of every run; each interleaved group
 runs >= 9 rounds and >= 20 s). Goal: fxprune's
 latency <= 1.05x Torch-Pruning's while its MACs are >= 1.25x Torch-Pruning's.
@@ -61,6 +64,7 @@ class CaseResult:
     case: str
     ratio: float
     batch: int
+    scorer: str = "l1"
     macs_dense: int = 0
     macs_tp: int = 0
     macs_fx: int = 0
@@ -120,34 +124,61 @@ def widths(model) -> str:
     return f"{len(out)} convs, median {sorted(out)[len(out) // 2]}, {odd} not a multiple of 16"
 
 
-def run_case(case: str, args, timing, workdir: Path, log) -> CaseResult:
-    import torch
-
+def run_case(case: str, args, timing, workdir: Path, log) -> list[CaseResult]:
+    """One Torch-Pruning model and its measured fraction f, then one fxprune model per
+    scorer at ``latency=f`` (the first scorer builds the latency table, the others hit its
+    cache), then all of them timed interleaved in one group."""
     from fxprune.cost import count_macs
-    from fxprune.deploy import export_onnx, prune_to_latency
+    from fxprune.deploy import export_onnx
 
     name, ratio, batch = CASES[case]
-    result = CaseResult(case, ratio, batch)
+    base = CaseResult(case, ratio, batch)
     dense, x = build_model(name, args.seed, batch)
-    result.macs_dense = count_macs(dense, (x[:1],))
+    base.macs_dense = count_macs(dense, (x[:1],))
     log(f"{case}: Torch-Pruning, global L1 at ratio {ratio}")
     tp_model = torch_pruning(dense, x[:1], ratio)
-    result.macs_tp = count_macs(tp_model, (x[:1],))
-    result.tp_widths = widths(tp_model)
-    paths = {k: workdir / f"{case}_{k}.onnx" for k in ("dense", "tp", "fx")}
+    base.macs_tp = count_macs(tp_model, (x[:1],))
+    base.tp_widths = widths(tp_model)
+    paths = {k: workdir / f"{case}_{k}.onnx" for k in ("dense", "tp")}
     export_onnx(dense, x[:1], paths["dense"])
     export_onnx(tp_model, x[:1], paths["tp"])
     sessions = {k: open_session(paths[k], args.threads) for k in ("dense", "tp")}
     feed = random_feed(sessions["dense"], batch)
     log(f"{case}: timing dense vs Torch-Pruning at batch {batch}")
     first = time_interleaved(sessions, feed, timing)
-    result.tp_fraction = first.median("tp") / first.median("dense")
+    base.tp_fraction = first.median("tp") / first.median("dense")
     del sessions
-    log(f"{case}: Torch-Pruning runs at {result.tp_fraction:.3f} of dense; fxprune target latency={result.tp_fraction:.3f}")
+    log(f"{case}: Torch-Pruning runs at {base.tp_fraction:.3f} of dense; fxprune target latency={base.tp_fraction:.3f}")
+    results = []
+    for scorer in args.scorers:
+        result = replace(base, scorer=scorer)
+        fx = prune_case(result, dense, x, args, workdir, log)
+        paths[f"fx-{scorer}"] = workdir / f"{case}_fx_{scorer}.onnx"
+        export_onnx(fx.model, x[:1], paths[f"fx-{scorer}"])
+        results.append(result)
+    sessions = {k: open_session(path, args.threads) for k, path in paths.items()}
+    log(f"{case}: final timing, dense / Torch-Pruning / fxprune ({', '.join(args.scorers)}) interleaved")
+    final = time_interleaved(sessions, feed, timing)
+    for result in results:
+        result.dense_ms, result.tp_ms = final.median("dense"), final.median("tp")
+        result.fx_ms = final.median(f"fx-{result.scorer}")
+    return results
+
+
+def prune_case(result: CaseResult, dense, x, args, workdir: Path, log):
+    """fxprune ``prune_to_latency(dense, x, latency=f)`` with ``result.scorer``; fills
+    ``result`` and returns the ``LatencyResult``."""
+    import torch
+
+    from fxprune.cost import count_macs
+    from fxprune.deploy import prune_to_latency
+
+    case, scorer = result.case, result.scorer
     started = time.perf_counter()
-    fx = prune_to_latency(dense, x, result.tp_fraction, scorer=args.scorer, threads=args.threads,
+    fx = prune_to_latency(dense, x, result.tp_fraction, scorer=scorer, threads=args.threads,
                           cache_dir=args.cache_dir or workdir / "cache", tolerance=args.tolerance,
-                          progress=lambda line: log(f"{case}: {line}"))  # fmt: skip
+                          progress=lambda line: log(f"{case} ({scorer}): {line}"))  # fmt: skip
+    torch.set_num_threads(args.threads)
     result.prune_seconds = time.perf_counter() - started
     result.table_seconds, result.table_cached = fx.table_seconds, fx.table_cached
     result.iterations, result.fx_fraction_loop = len(fx.steps), fx.measured
@@ -159,13 +190,7 @@ def run_case(case: str, args, timing, workdir: Path, log) -> CaseResult:
     result.blocks = ", ".join(f"{k} {v}" for k, v in sorted(fx.blocks.items()))
     result.macs_fx = count_macs(fx.model, (x[:1],))
     result.fx_widths = widths(fx.model)
-    export_onnx(fx.model, x[:1], paths["fx"])
-    sessions = {k: open_session(paths[k], args.threads) for k in ("dense", "tp", "fx")}
-    log(f"{case}: final timing, dense / Torch-Pruning / fxprune interleaved")
-    final = time_interleaved(sessions, feed, timing)
-    result.dense_ms, result.tp_ms, result.fx_ms = (final.median(k) for k in ("dense", "tp", "fx"))
-    torch.set_num_threads(args.threads)
-    return result
+    return fx
 
 
 def render(results: list[CaseResult], args):
@@ -173,15 +198,15 @@ def render(results: list[CaseResult], args):
 
     table = Table(title=f"fxprune latency target vs Torch-Pruning, onnxruntime CPU, {args.threads} threads, "
                         f"median ms (interleaved)", title_justify="left")  # fmt: skip
-    for header in ("case", "batch", "TP ratio", "target f", "dense ms", "TP ms", "fx ms",
+    for header in ("case", "fx scorer", "batch", "TP ratio", "target f", "dense ms", "TP ms", "fx ms",
                    "fx/TP latency", "MACs dense", "MACs TP", "MACs fx", "fx/TP MACs",
                    "fx vs target", "1st pred/meas", "table s", "tries", "goal"):  # fmt: skip
         table.add_column(header, justify="left" if header == "case" else "right")
     for r in results:
         if r.error:
-            table.add_row(r.case, str(r.batch), f"{r.ratio:g}", f"failed: {r.error}", *[""] * 13)
+            table.add_row(r.case, r.scorer, str(r.batch), f"{r.ratio:g}", f"failed: {r.error}", *[""] * 13)
             continue
-        table.add_row(r.case, str(r.batch), f"{r.ratio:g}", f"{r.tp_fraction:.3f}", f"{r.dense_ms:.1f}",
+        table.add_row(r.case, r.scorer, str(r.batch), f"{r.ratio:g}", f"{r.tp_fraction:.3f}", f"{r.dense_ms:.1f}",
                       f"{r.tp_ms:.1f}", f"{r.fx_ms:.1f}", f"{r.latency_vs_tp:.2f}×", count(r.macs_dense),
                       count(r.macs_tp), count(r.macs_fx), f"{r.macs_vs_tp:.2f}×", f"{100 * r.target_error:+.0f}%",
                       f"{r.predicted_first:.3f}/{r.measured_first:.3f}",
@@ -196,11 +221,21 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
-    parser.add_argument("--scorer", default="l1", help="fxprune scorer (l1: Torch-Pruning's criterion)")
+    parser.add_argument("--scorer", default="l1,synflow",
+                        help="fxprune scorers, comma-separated: each prunes to the same f (l1: Torch-Pruning's "
+                             "criterion; synflow: fxprune's default)")  # fmt: skip
     parser.add_argument("--tolerance", type=float, default=0.10, help="prune_to_latency tolerance")
     parser.add_argument("--cache-dir", type=Path, default=None, help="latency-table cache (default: fresh)")
     add_common_args(parser)
     args = parser.parse_args(argv)
+    args.scorers = [name.strip() for name in args.scorer.split(",") if name.strip()]
+    try:
+        from fxprune.scoring import get_scorer
+
+        for name in args.scorers:
+            get_scorer(name)
+    except Exception as error:  # noqa: BLE001 - one line for a bad --scorer
+        parser.error(first_line(error))
     try:
         cases = split_list(args.cases, CASES, "case")
     except argparse.ArgumentTypeError as error:
@@ -215,21 +250,23 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fxprune-latency-target-") as scratch:
         for case in cases:
             try:
-                results.append(run_case(case, args, timing, Path(scratch), console.log))
+                results.extend(run_case(case, args, timing, Path(scratch), console.log))
             except Exception as error:  # noqa: BLE001 - a benchmark reports, it does not stop
                 console.log(f"[red]{case} failed: {first_line(error)}")
                 _, ratio, batch = CASES[case]
-                results.append(CaseResult(case, ratio, batch, error=first_line(error)))
+                results.append(CaseResult(case, ratio, batch, scorer="-", error=first_line(error)))
     console.print(render(results, args))
     for r in results:
         if not r.error:
-            console.print(f"  {r.case}: fxprune widths: {r.fx_widths}; Torch-Pruning: {r.tp_widths}; "
+            console.print(f"  {r.case} ({r.scorer}): fxprune widths: {r.fx_widths}; Torch-Pruning: {r.tp_widths}; "
                           f"blocks {r.blocks}; prune_to_latency {r.prune_seconds:.0f} s, its own final "
                           f"measurement {r.fx_fraction_loop:.3f} of dense; latency model: {r.calibration}")  # fmt: skip
-    met = sum(r.met for r in results if not r.error)
-    console.print(f"Goal: fxprune latency <= {GOAL_LATENCY}× Torch-Pruning's with MACs >= {GOAL_MACS}× theirs: "
-                  f"met on {met}/{len(results)} cases")  # fmt: skip
-    console.print("[dim]" + environment_line(args.threads, seed=args.seed, scorer=args.scorer) + "[/]")
+    for scorer in args.scorers:
+        rows = [r for r in results if r.scorer == scorer]
+        met = sum(r.met for r in rows if not r.error)
+        console.print(f"Goal: fxprune ({scorer}) latency <= {GOAL_LATENCY}× Torch-Pruning's with MACs >= "
+                      f"{GOAL_MACS}× theirs: met on {met}/{len(cases)} cases")  # fmt: skip
+    console.print("[dim]" + environment_line(args.threads, seed=args.seed, scorer=",".join(args.scorers)) + "[/]")
     if args.json_path is not None:
         write_json(args.json_path, {"settings": vars(args), "results": [
             {**asdict(r), "latency_vs_tp": r.latency_vs_tp, "macs_vs_tp": r.macs_vs_tp,
