@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def main() -> None:
         return
     import torch
 
+    from hpo.cli import PlainProgress
     from hpo.config import HpoConfig
     from hpo.driver import compare
 
@@ -136,7 +138,7 @@ def main() -> None:
         )
         load_before = load_average()
         start = time.perf_counter()
-        report = compare(config)
+        report = compare(config, PlainProgress(sys.stdout))  # one line per epoch and trial
         result = print_sampler(sampler, report, time.perf_counter() - start)
         result["load_average"] = {"before": load_before, "after": load_average()}
         print(f"load average (1, 5, 15 min) before {load_before}, after {load_average()}")
