@@ -5,11 +5,12 @@ For each case the dense model (``weights=None``, seed 0) is
 * pruned by Torch-Pruning at the ratio (global L1 magnitude, ``MagnitudePruner`` with
   ``global_pruning=True``, its default widths, the classifier ignored); its ONNX Runtime
   latency, timed interleaved with the dense model, is a fraction ``f`` of dense;
-* pruned by fxprune with ``prune_to_latency(dense, x, latency=f, scorer=S)`` for each
-  scorer S of ``--scorer`` (default ``l1,synflow``: Torch-Pruning's criterion, so only
-  the widths differ, and fxprune's default; measured latency table, cached in a fresh
-  folder so the first scorer's build time is real, the others hit that cache; +-10%
-  correction loop);
+* pruned by fxprune with ``prune_to_latency(dense, x, latency=f, scorer=S,
+  objective=O)`` for each ``S[:O]`` of ``--scorer`` (default ``l1,synflow,l1:capacity``:
+  Torch-Pruning's criterion, so only the widths differ; fxprune's default scorer; and L1
+  with the ``capacity`` objective, which spends the budget on MACs; measured latency
+  table, cached in a fresh folder so the first variant's build time is real, the others
+  hit that cache; +-10% correction loop);
 
 then dense, Torch-Pruning and every fxprune model are timed interleaved in one last group (onnxruntime
 CPU, intra-op threads = --threads, inter-op 1; median of every run; each interleaved group
@@ -153,7 +154,7 @@ def run_case(case: str, args, timing, workdir: Path, log) -> list[CaseResult]:
     for scorer in args.scorers:
         result = replace(base, scorer=scorer)
         fx = prune_case(result, dense, x, args, workdir, log)
-        paths[f"fx-{scorer}"] = workdir / f"{case}_fx_{scorer}.onnx"
+        paths[f"fx-{scorer}"] = workdir / f"{case}_fx_{scorer.replace(':', '_')}.onnx"
         export_onnx(fx.model, x[:1], paths[f"fx-{scorer}"])
         results.append(result)
     sessions = {k: open_session(path, args.threads) for k, path in paths.items()}
@@ -173,11 +174,12 @@ def prune_case(result: CaseResult, dense, x, args, workdir: Path, log):
     from fxprune.cost import count_macs
     from fxprune.deploy import prune_to_latency
 
-    case, scorer = result.case, result.scorer
+    case, label = result.case, result.scorer
+    scorer, _, objective = label.partition(":")
     started = time.perf_counter()
-    fx = prune_to_latency(dense, x, result.tp_fraction, scorer=scorer, threads=args.threads,
-                          cache_dir=args.cache_dir or workdir / "cache", tolerance=args.tolerance,
-                          progress=lambda line: log(f"{case} ({scorer}): {line}"))  # fmt: skip
+    fx = prune_to_latency(dense, x, result.tp_fraction, scorer=scorer, objective=objective or "score",
+                          threads=args.threads, cache_dir=args.cache_dir or workdir / "cache",
+                          tolerance=args.tolerance, progress=lambda line: log(f"{case} ({label}): {line}"))  # fmt: skip
     torch.set_num_threads(args.threads)
     result.prune_seconds = time.perf_counter() - started
     result.table_seconds, result.table_cached = fx.table_seconds, fx.table_cached
@@ -221,19 +223,23 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
-    parser.add_argument("--scorer", default="l1,synflow",
-                        help="fxprune scorers, comma-separated: each prunes to the same f (l1: Torch-Pruning's "
-                             "criterion; synflow: fxprune's default)")  # fmt: skip
+    parser.add_argument("--scorer", default="l1,synflow,l1:capacity",
+                        help="fxprune variants SCORER[:OBJECTIVE], comma-separated: each prunes to the same f "
+                             "(l1: Torch-Pruning's criterion; synflow: fxprune's default; objective score "
+                             "(default) or capacity)")  # fmt: skip
     parser.add_argument("--tolerance", type=float, default=0.10, help="prune_to_latency tolerance")
     parser.add_argument("--cache-dir", type=Path, default=None, help="latency-table cache (default: fresh)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     args.scorers = [name.strip() for name in args.scorer.split(",") if name.strip()]
     try:
+        from fxprune.deploy import LatencyTarget
         from fxprune.scoring import get_scorer
 
         for name in args.scorers:
-            get_scorer(name)
+            scorer, _, objective = name.partition(":")
+            get_scorer(scorer)
+            LatencyTarget(0.5, objective=objective or "score")
     except Exception as error:  # noqa: BLE001 - one line for a bad --scorer
         parser.error(first_line(error))
     try:

@@ -97,6 +97,10 @@ def prune_command(
         show_default=False)] = None,
     round_to: Annotated[int | None, typer.Option(
         help="Keep channel counts multiples of this.", show_default=False)] = None,
+    objective: Annotated[str, typer.Option(
+        help="With --target latency=F, what the budget keeps most of: score (the scorer's "
+             "total) or capacity (MACs, each channel weighted by its score within its layer: "
+             "more MACs at the same latency).")] = "score",
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Folder for slim.pt, meta.json, plan.json, summary.json.",
         show_default=False)] = None,
@@ -136,7 +140,7 @@ def prune_command(
     check_choice("--scorer", scorer, "scorers")
     check_choice("--heads", heads, "heads")
     _check_something_to_prune(ratio, min_ratio, target)
-    latency = _latency_target(target)
+    latency = _latency_target(target, objective)
     folder = None
     if out is not None:
         folder = output_folder(out, force, model, "prune")
@@ -196,14 +200,19 @@ def prune_command(
                   f"{io.SUMMARY_FILE}); load with fxprune.load_slim('{out}')", soft_wrap=True)
 
 
-def _latency_target(target: str | None):
+def _latency_target(target: str | None, objective: str = "score"):
     """``--target latency=0.3`` (a fraction of the dense model's measured latency) as a
-    ``LatencyTarget``, parsed before any work; ``None`` for other targets."""
+    ``LatencyTarget`` with ``--objective``, parsed before any work; ``None`` for other
+    targets (where ``--objective`` other than score is a mistake)."""
     if target is None or not target.strip().lower().startswith("latency"):
+        if objective != "score":
+            from fxprune.errors import ConfigError
+
+            raise ConfigError(f"--objective {objective} applies to --target latency=F only")
         return None
     from fxprune.deploy.latency_target import LatencyTarget
 
-    return LatencyTarget.parse(target)
+    return LatencyTarget.parse(target, objective=objective)
 
 
 def _check_something_to_prune(ratio: float, min_ratio: float, target: str | None) -> None:

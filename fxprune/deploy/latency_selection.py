@@ -15,6 +15,11 @@ saved, given the current widths of every other group, until the predicted latenc
 within the budget; then steps back up that still fit (the last step down usually
 overshoots), most score per millisecond first. Steps that would take any layer dimension below its own floor are
 not taken. Only the groups sharing a layer with the one that moved are re-evaluated.
+What the budget maximises (``objective``): ``score``, the scorer's total, or ``capacity``,
+the MACs kept, each channel's MACs weighted by its score relative to its group's mean
+(``capacity_scores``). With ``capacity`` the greedy loses the fewest MACs per millisecond
+saved, so the budget goes to the layers that run the most MACs per millisecond on this
+runtime; the scorer still decides which channels of a group stay.
 """
 
 from __future__ import annotations
@@ -26,8 +31,28 @@ import numpy as np
 
 from .latency_table import LatencyTable, LayerSpec
 
+OBJECTIVES = ("score", "capacity")  # what a latency budget maximises (module doc)
 LOOKAHEAD = 8  # lower candidate widths considered per group and step
 EFFICIENT_GAIN = 0.005  # a width is a candidate if it runs >= 0.5% faster than every wider one
+
+
+def capacity_scores(graph, scores) -> np.ndarray:
+    """The ``capacity`` objective's class values: a class's MACs (its share of the MACs
+    that depend on channels, ``CostModel.class_costs(split=True)``) times its score over
+    the mean score of its group. Within a group the order is the scorer's; across groups
+    a channel of average score is worth the compute it carries. A group whose scores are
+    all zero (or not finite) counts every class at its MACs."""
+    from fxprune.cost import CostModel
+
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    macs = CostModel(graph).class_costs(split=True)
+    values = np.array(macs, dtype=np.float64)
+    for group in graph.groups:
+        classes = np.asarray(group.classes)
+        mean = float(np.abs(scores[classes]).mean()) if len(classes) else 0.0
+        if mean > 0:
+            values[classes] = macs[classes] * np.abs(scores[classes]) / mean
+    return values
 
 
 @dataclass
@@ -239,4 +264,4 @@ class LatencySelector:
         return best
 
 
-__all__ = ["LatencySelector"]
+__all__ = ["OBJECTIVES", "LatencySelector", "capacity_scores"]

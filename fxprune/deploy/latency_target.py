@@ -8,7 +8,9 @@
    activations, and the per-run overhead) is modelled, so the first prediction of a
    slim model's latency is close to what it measures.
 4. Select under the budget with ``LatencySelector`` (score lost per millisecond saved,
-   the milliseconds including the activations' share).
+   the milliseconds including the activations' share). ``objective="capacity"`` makes
+   the score a channel's MACs weighted by its score relative to its group
+   (``latency_selection.capacity_scores``): more MACs at the same latency.
 5. Slim, export, and time the real slim model against the dense one (interleaved, at the
    example inputs' batch size, ``threads`` = torch's thread count unless given). If the
    measured fraction is more than ``tolerance`` (10%) away from the target, correct the
@@ -46,7 +48,7 @@ from fxprune.trace import as_input_tuple
 
 from .export import export_onnx
 from .latency_model import LatencyModel, profile_shares
-from .latency_selection import LatencySelector
+from .latency_selection import OBJECTIVES, LatencySelector, capacity_scores
 from .latency_table import build_latency_table, layer_specs
 from .profiling import Progress, Timing, profile_many
 
@@ -67,8 +69,12 @@ class LatencyTarget:
     max_iterations: int = 5
     timing_seconds: float = 20.0  # at most this long per dense-vs-slim timing
     cache_dir: str | None = None  # None: ~/.cache/fxprune/latency (FXPRUNE_CACHE)
+    objective: str = "score"  # what the budget maximises: "score" or "capacity" (module doc)
 
     def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown latency objective {self.objective!r}; choose one of "
+                              f"{', '.join(OBJECTIVES)}")
         if not 0.0 < self.latency <= 1.0:
             raise ConfigError(f"latency target must be a fraction in (0, 1], got {self.latency!r}")
         if not 0.0 < self.tolerance < 1.0:
@@ -138,6 +144,7 @@ class LatencyResult:
     def summary(self) -> dict[str, Any]:
         return {
             "target": self.target.describe(),
+            "objective": self.target.objective,
             "measured": round(self.measured, 4),
             "within_tolerance": self.within_tolerance,
             "iterations": len(self.steps),
@@ -155,7 +162,8 @@ class LatencyResult:
         from rich.table import Table
         from rich.text import Text
 
-        steps = Table(title=f"Latency target {self.target.describe()} (±{self.target.tolerance:.0%})",
+        steps = Table(title=f"Latency target {self.target.describe()} (±{self.target.tolerance:.0%}, "
+                            f"objective {self.target.objective})",
                       title_justify="left")  # fmt: skip
         for header in ("Attempt", "Budget", "Predicted", "Measured", "MACs", "Channels"):
             steps.add_column(header, justify="right")
@@ -182,6 +190,7 @@ def prune_to_latency(
     threads: int | None = None,
     tolerance: float = 0.10,
     max_iterations: int = 5,
+    objective: str = "score",
     table_threads: int = 1,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
@@ -193,6 +202,9 @@ def prune_to_latency(
 ) -> LatencyResult:
     """Prune ``model`` until its measured latency is ``latency`` x dense (see module doc).
 
+    ``objective``: ``"score"`` keeps the most score under the budget, ``"capacity"`` the
+    most MACs (each channel weighted by its score relative to its group). A
+    ``LatencyTarget`` passed as ``latency`` brings its own options.
     ``measure(slim_model) -> fraction`` and ``layer_timer`` replace the real timings
     (tests); ``progress`` receives one line per step.
     """
@@ -202,7 +214,8 @@ def prune_to_latency(
         target = latency
     else:
         options = {"tolerance": tolerance, "provider": provider, "threads": threads,
-                   "table_threads": table_threads, "max_iterations": max_iterations}
+                   "table_threads": table_threads, "max_iterations": max_iterations,
+                   "objective": objective}
         target = (LatencyTarget.parse(latency, **options) if isinstance(latency, str)
                   else LatencyTarget(float(latency), **options))  # fmt: skip
     say = progress or (lambda message: None)
@@ -233,6 +246,8 @@ def search(graph, inputs, scores, target: LatencyTarget, *, min_ratio: float, ro
 
     threads = target.threads or torch.get_num_threads()
     say = progress or (lambda message: None)
+    if target.objective == "capacity":
+        scores = capacity_scores(graph, scores)
     specs = layer_specs(graph.gm, inputs)
     table = build_latency_table(specs, model_name=model_name or type(graph.gm).__name__,
                                 provider=target.provider, threads=target.table_threads,

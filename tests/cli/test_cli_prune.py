@@ -409,7 +409,12 @@ def test_latency_target_prunes_to_a_measured_fraction(model_file, tmp_path, monk
     assert "Latency target latency=0.5" in r.output and "equivalence: ok" in r.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["target"] == "latency=0.5" and 0 < summary["measured"] < 1
+    assert summary["objective"] == "score"
     assert summary["params_after"] < summary["params_before"]
     one_line_error(run("prune", model_file, "--target", "latency=2", "--out", tmp_path / "x"),
                    "latency=0.3")
+    one_line_error(run("prune", model_file, "--target", "latency=0.5", "--objective", "macs",
+                       "--out", tmp_path / "x"), "capacity")
+    one_line_error(run("prune", model_file, "--objective", "capacity", "--out", tmp_path / "x"),
+                   "--target latency=F only")
     assert not (tmp_path / "x").exists()
