@@ -93,7 +93,7 @@ def print_sampler(sampler: str, report, elapsed: float) -> dict:
     gap, reduction = stats["accuracy_gap_pp"]["mean"], stats["time_reduction_pct"]["mean"]
     met = gap is not None and reduction is not None and reduction >= 50 and abs(gap) <= 0.5
     print(f"goal (reduction >= 50% and |gap| <= 0.5 pt on the means): "
-          f"{'met' if met else 'NOT met'}")
+          f"{'met' if met else 'NOT met'}; {_within(stats['accuracy_gap_pp'])}")
     return {"sampler": sampler, "seconds": round(elapsed, 1), "statistics": stats,
             "repeats": [r.to_dict() for r in report.repeats], "goal_met": met}
 
@@ -162,7 +162,18 @@ def print_pooled(results: list[dict]) -> dict:
     print(f"\n== pooled over {names}: {pooled['accuracy_gap_pp']['n']} repeats ==")
     print(f"mean gap (proxy - typical), pp, 95% CI: {_ci(pooled['accuracy_gap_pp'])}")
     print(f"mean HPO time reduction, %, 95% CI:     {_ci(pooled['time_reduction_pct'])}")
+    print(_within(pooled["accuracy_gap_pp"]))
     return pooled
+
+
+def _within(gap: dict, margin: float = 0.5) -> str:
+    """Whether the gap's whole 95% interval lies inside +-margin (shown equal), not just
+    its mean."""
+    if gap["ci_low"] is None:
+        return f"gap interval inside +-{margin} pt: not enough repeats"
+    inside = -margin <= gap["ci_low"] and gap["ci_high"] <= margin
+    return (f"gap interval inside +-{margin} pt: {'yes' if inside else 'no'} "
+            f"(half-width {(gap['ci_high'] - gap['ci_low']) / 2:.2f} pt)")
 
 
 def summarise(folders: list[Path]) -> None:
