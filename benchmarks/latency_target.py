@@ -166,6 +166,12 @@ def run_case(case: str, args, timing, workdir: Path, log) -> list[CaseResult]:
     return results
 
 
+def variant(label: str) -> tuple[str, str]:
+    """``SCORER[:OBJECTIVE]`` of ``--scorer`` -> (scorer, objective; ``score`` if none)."""
+    scorer, _, objective = label.partition(":")
+    return scorer, objective or "score"
+
+
 def prune_case(result: CaseResult, dense, x, args, workdir: Path, log):
     """fxprune ``prune_to_latency(dense, x, latency=f)`` with ``result.scorer``; fills
     ``result`` and returns the ``LatencyResult``."""
@@ -175,9 +181,9 @@ def prune_case(result: CaseResult, dense, x, args, workdir: Path, log):
     from fxprune.deploy import prune_to_latency
 
     case, label = result.case, result.scorer
-    scorer, _, objective = label.partition(":")
+    scorer, objective = variant(label)
     started = time.perf_counter()
-    fx = prune_to_latency(dense, x, result.tp_fraction, scorer=scorer, objective=objective or "score",
+    fx = prune_to_latency(dense, x, result.tp_fraction, scorer=scorer, objective=objective,
                           threads=args.threads, cache_dir=args.cache_dir or workdir / "cache",
                           tolerance=args.tolerance, progress=lambda line: log(f"{case} ({label}): {line}"))  # fmt: skip
     torch.set_num_threads(args.threads)
@@ -237,9 +243,9 @@ def main(argv=None) -> int:
         from fxprune.scoring import get_scorer
 
         for name in args.scorers:
-            scorer, _, objective = name.partition(":")
+            scorer, objective = variant(name)
             get_scorer(scorer)
-            LatencyTarget(0.5, objective=objective or "score")
+            LatencyTarget(0.5, objective=objective)
     except Exception as error:  # noqa: BLE001 - one line for a bad --scorer
         parser.error(first_line(error))
     try:
