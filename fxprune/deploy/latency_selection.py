@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fxprune.cost import CostModel
+
 from .latency_table import LatencyTable, LayerSpec
 
 OBJECTIVES = ("score", "capacity")  # what a latency budget maximises (module doc)
@@ -42,8 +44,6 @@ def capacity_scores(graph, scores) -> np.ndarray:
     the mean score of its group. Within a group the order is the scorer's; across groups
     a channel of average score is worth the compute it carries. A group whose scores are
     all zero (or not finite) counts every class at its MACs."""
-    from fxprune.cost import CostModel
-
     scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     macs = CostModel(graph).class_costs(split=True)
     values = np.array(macs, dtype=np.float64)
