@@ -210,8 +210,9 @@ def prune_to_latency(
     """
 
     started = time.perf_counter()
-    if isinstance(latency, LatencyTarget):
-        target = latency
+    if isinstance(latency, LatencyTarget):  # its own options, but a ``threads`` given here counts
+        target = latency if threads is None or latency.threads is not None else replace(
+            latency, threads=threads)
     else:
         options = {"tolerance": tolerance, "provider": provider, "threads": threads,
                    "table_threads": table_threads, "max_iterations": max_iterations,

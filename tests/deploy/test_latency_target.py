@@ -289,6 +289,27 @@ def test_prune_accepts_the_latency_target_object(tmp_path, monkeypatch):
     assert result.model(*example()).shape == (2, 10) and not result.keep.all()
 
 
+@pytest.mark.parametrize("own, given, used", [(None, 3, 3), (2, 3, 2), (None, None, None)])
+def test_threads_reach_a_latency_target_object(tmp_path, monkeypatch, own, given, used):
+    """A ``threads`` argument counts when the target object names none (the CLI passes a
+    parsed target); the object's own setting wins."""
+    from fxprune.deploy import latency_target
+
+    seen = []
+    real_search = latency_target.search
+
+    def spy(graph, inputs, scores, target, **kwargs):
+        seen.append(target.threads)
+        return real_search(graph, inputs, scores, target, **{**kwargs, "measure": lambda m: 0.5,
+                                                             "layer_timer": FakeTimer()})
+
+    monkeypatch.setattr(latency_target, "search", spy)
+    target = LatencyTarget(0.5, threads=own, cache_dir=str(tmp_path))
+    prune_to_latency(TwoConvNet().eval(), example(), target, scorer="l1", min_ratio=0.1,
+                     threads=given)
+    assert seen == [used]
+
+
 def test_model_width_plot_measures_once_and_caches(tmp_path, monkeypatch):
     from fxprune.deploy import latency_table
 
