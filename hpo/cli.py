@@ -83,6 +83,9 @@ ImageSizeOpt = Annotated[int | None, typer.Option(
     help="Image side for digits (default 16) / synthetic (8) / tinyimagenet (64).")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     help="Torch threads per worker (default: cores // workers; 1 on a busy machine).")]
+ConfirmOpt = Annotated[int, typer.Option(
+    help="Train the K best proxy sets once on the base network (validation split) and keep "
+         "the best; their time counts as search time. 0: the paper's method.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
 
@@ -238,6 +241,7 @@ def run(
     eval_size: EvalSizeOpt = None,
     heartbeat: HeartbeatOpt = 10.0,
     proxy_init: ProxyInitOpt = "fan-in",
+    confirm: ConfirmOpt = 0,
     quiet: QuietOpt = False,
 ) -> None:
     """Search hyperparameters, then train the base network with the best set.
@@ -258,7 +262,7 @@ def run(
                          ratio=ratio, min_ratio=min_ratio, scorer=scorer, seed=seed,
                          image_size=image_size, threads=threads, study_name=study_name,
                          train_size=train_size, eval_size=eval_size, heartbeat=heartbeat,
-                         proxy_init=proxy_init)
+                         proxy_init=proxy_init, confirm=confirm)
         with _progress(enabled=not quiet) as progress:
             report = driver.run(config, progress)
     _finish(report, config.out, started)
@@ -295,6 +299,7 @@ def compare(
     eval_size: EvalSizeOpt = None,
     heartbeat: HeartbeatOpt = 10.0,
     proxy_init: ProxyInitOpt = "fan-in",
+    confirm: ConfirmOpt = 0,
     quiet: QuietOpt = False,
 ) -> None:
     """Typical vs proxy HPO: time saved, accuracy gap, Kendall's tau.
@@ -315,7 +320,7 @@ def compare(
                          seed=seed, image_size=image_size, kendall_k=kendall_k,
                          threads=threads, repeats=repeats, study_name=study_name,
                          train_size=train_size, eval_size=eval_size, heartbeat=heartbeat,
-                         proxy_init=proxy_init)
+                         proxy_init=proxy_init, confirm=confirm)
         with _progress(enabled=not quiet) as progress:
             report = driver.compare(config, progress)
     _finish(report, config.out, started)

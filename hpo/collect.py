@@ -4,7 +4,9 @@ interrupted run, and on any machine sharing the database).
 Time per search arm is two numbers: ``wall_seconds``, the elapsed span (the union of the
 trials' [start, end] intervals, so time between a kill and the resume is not counted and
 trials running at once on several workers or machines count once; plus, for the proxy,
-the seconds spent pruning), and ``trial_seconds``, the summed compute of all trials.
+the seconds spent pruning), and ``trial_seconds``, the summed compute of all trials. The
+``confirm`` arm (``--confirm``) is the proxy search followed by its confirmation runs: its
+time is the sum of both spans.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hpo")
 
-ARMS = ("typical", "proxy")
+# The studies an arm's winner comes from: the two searches, and the confirmation runs of
+# the proxy's best sets (``--confirm``), whose arm is the proxy search followed by them.
+STAGES = ("typical", "proxy", "confirm")
 
 
 def repeat_prefix(config: HpoConfig, repeat: int) -> str:
@@ -45,14 +49,25 @@ def repeat_prefix(config: HpoConfig, repeat: int) -> str:
 
 
 def best_trial(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, HyperParams] | None:
+    best = top_trials(study, 1)
+    return best[0] if best else None
+
+
+def top_trials(study: optuna.Study, k: int) -> list[tuple[optuna.trial.FrozenTrial, HyperParams]]:
+    """The ``k`` best COMPLETE trials with distinct hyperparameters, best first (ties: the
+    earlier trial)."""
     from optuna.trial import TrialState
 
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.value is not None]
-    if not complete:
-        return None
-    best = max(complete, key=lambda t: (t.value, -t.number))
-    return best, HyperParams.from_dict(best.user_attrs["hyperparams"])
+    chosen: list[tuple[optuna.trial.FrozenTrial, HyperParams]] = []
+    seen: set[str] = set()
+    for trial in sorted(complete, key=lambda t: (-t.value, t.number)):
+        key = digest(trial.user_attrs["hyperparams"])
+        if key not in seen and len(chosen) < k:
+            seen.add(key)
+            chosen.append((trial, HyperParams.from_dict(trial.user_attrs["hyperparams"])))
+    return chosen
 
 
 def trial_value(trial: optuna.trial.FrozenTrial) -> float | None:
@@ -95,7 +110,7 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
     for repeat in range(config.repeats if kind == "compare" else 1):
         stage = repeat_prefix(config, repeat)
         arms = {}
-        for arm in ARMS:
+        for arm in STAGES:
             if f"{stage}{arm}" in loaded:
                 arms[arm] = summarise_search(loaded[f"{stage}{arm}"], config, f"{stage}{arm}")
                 search.append(arms[arm])
@@ -104,11 +119,13 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
                     proxy_info = ProxyInfo(**attrs["proxy_info"])
                 step_time = step_time or attrs.get("step_time")
         repeat_finals = {}
-        for arm in ARMS:
+        for arm in STAGES:
             final = summarise_final(loaded, f"{stage}{arm}", search)
             if final is not None:
                 finals.append(final)
                 repeat_finals[arm] = final
+        if "confirm" not in repeat_finals and _confirms_proxy(arms):
+            repeat_finals["confirm"] = repeat_finals.get("proxy")  # same set, same runs
         repeat_rank = None
         if f"{stage}rank-base" in loaded and f"{stage}rank-proxy" in loaded:
             repeat_rank = summarise_rank(loaded[f"{stage}rank-base"],
@@ -141,21 +158,34 @@ def _with_pruning(study: StudySummary, info: ProxyInfo) -> StudySummary:
 
 def _repeat_with_pruning(repeat: RepeatSummary, info: ProxyInfo) -> RepeatSummary:
     wall = dict(repeat.wall_seconds)
-    if "proxy" in wall:
-        wall["proxy"] += info.prune_seconds
+    for arm in ("proxy", "confirm"):  # both arms pruned the base network
+        if arm in wall:
+            wall[arm] += info.prune_seconds
     return replace(repeat, wall_seconds=wall)
 
 
-def _repeat(index: int, arms: dict[str, StudySummary], finals: dict[str, FinalSummary],
+def _confirms_proxy(arms: dict[str, StudySummary]) -> bool:
+    """The confirmation runs chose the proxy search's own winner."""
+    confirm, proxy = arms.get("confirm"), arms.get("proxy")
+    return (confirm is not None and proxy is not None and confirm.best_params is not None
+            and confirm.best_params == proxy.best_params)
+
+
+def _repeat(index: int, arms: dict[str, StudySummary], finals: dict[str, FinalSummary | None],
             rank: RankSummary | None) -> RepeatSummary:
+    """One replicate; the ``confirm`` arm's time is the proxy search's plus its own."""
     winners = {arm: None if s.best_trial is None else {
         "trial": s.best_trial, "value": s.best_value, "params": s.best_params}
         for arm, s in arms.items()}
+    wall = {arm: s.wall_seconds for arm, s in arms.items()}
+    compute = {arm: s.trial_seconds for arm, s in arms.items()}
+    if "confirm" in arms and "proxy" in arms:
+        wall["confirm"] += wall["proxy"]
+        compute["confirm"] += compute["proxy"]
     return RepeatSummary(
         repeat=index, winners=winners,
-        test_accuracy={arm: f.mean for arm, f in finals.items()},
-        wall_seconds={arm: s.wall_seconds for arm, s in arms.items()},
-        compute_seconds={arm: s.trial_seconds for arm, s in arms.items()},
+        test_accuracy={arm: None if f is None else f.mean for arm, f in finals.items()},
+        wall_seconds=wall, compute_seconds=compute,
         tau=rank.tau if rank is not None else None)
 
 
@@ -257,5 +287,6 @@ def summarise_rank(base: optuna.Study, proxy: optuna.Study) -> RankSummary:
         [proxy_scores[k][0] if k in proxy_scores else None for k in keys])
 
 
-__all__ = ["best_trial", "collect_report", "elapsed_span", "repeat_prefix", "summarise_final",
-           "summarise_rank", "summarise_search"]
+__all__ = ["STAGES", "best_trial", "collect_report", "elapsed_span", "repeat_prefix",
+           "summarise_final",
+           "summarise_rank", "summarise_search", "top_trials"]

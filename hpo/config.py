@@ -25,6 +25,7 @@ PROXY_INITS = ("fan-in", "model")
 # trials' seeds (seed + 1 + trial number), so no "independent" final run replays a trial.
 FINAL_SEED_OFFSET = 1_000_000
 RANK_SEED_OFFSET = 2_000_000
+CONFIRM_SEED_OFFSET = 3_000_000
 STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -58,6 +59,10 @@ class HpoConfig:
     eval_size: int | None = None  # cap on the validation and test splits
     heartbeat: float = 10.0  # seconds between liveness stamps of a running trial
     proxy_init: str = "fan-in"  # see PROXY_INITS
+    # Proxy searches: the best ``confirm`` proxy trials are trained once on the base network
+    # (validation split) and the best of them wins; 0 keeps the paper's method (the proxy's
+    # best set is the winner). Its time is part of the proxy arm's search time.
+    confirm: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.space, dict):
@@ -83,6 +88,9 @@ class HpoConfig:
             (self.study_name is None or bool(STUDY_NAME_PATTERN.fullmatch(self.study_name)),
              f"--study-name {self.study_name!r}: use letters, digits, '_', '-', '.' (<= 64)"),
             (self.heartbeat > 0, f"--heartbeat must be > 0 seconds, got {self.heartbeat}"),
+            (self.confirm >= 0, f"--confirm must be 0 (off) or more, got {self.confirm}"),
+            (self.confirm == 0 or self.mode != "typical",
+             "--confirm re-checks a proxy search's best sets: use it with --mode proxy"),
             (self.proxy_init in PROXY_INITS,
              f"--proxy-init {self.proxy_init!r}: choose one of {', '.join(PROXY_INITS)}"),
         ]
@@ -129,7 +137,7 @@ class Job:
 
     name: str
     role: str  # "base" or "proxy"
-    kind: str  # "search", "final" or "rank"
+    kind: str  # "search", "final", "rank" or "confirm"
     budget: int
     planned: tuple[dict[str, Any], ...] = ()  # user_attrs of each planned trial
     save_models: bool = False
@@ -138,7 +146,8 @@ class Job:
 
     @property
     def eval_split(self) -> str:
-        """Searches and rank configurations are judged on validation, finals on test."""
+        """Searches, confirmations and rank configurations are judged on validation, finals
+        on test."""
         return "test" if self.kind == "final" else "val"
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,5 +189,5 @@ def arm_seed(config: HpoConfig, repeat: int, arm: str) -> int:
     return int(digest([config.seed, repeat, arm, config.sampler]), 16) % 2**31
 
 
-__all__ = ["FINAL_SEED_OFFSET", "MODES", "PROXY_INITS", "RANK_SEED_OFFSET", "HpoConfig", "Job",
+__all__ = ["CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES", "PROXY_INITS", "RANK_SEED_OFFSET", "HpoConfig", "Job",
            "ProgressCallback", "Snapshot", "arm_seed", "digest"]

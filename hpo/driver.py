@@ -9,6 +9,13 @@ then train the base network with the best set found. Modes:
   every trial starting from the model's own initialisation, drawn anew (``hpo.network``);
 * ``final``: train the base network with the best set of a finished run over ``seeds``.
 
+``confirm`` (``--confirm K``, off by default) adds the paper's §5.3 "step-by-step" idea in
+its cheapest form: the K best sets of the proxy search each train the base network once,
+on the validation split, and the best of them wins. It corrects what the proxy ranks
+differently from the base network (a tiny proxy tolerates learning rates the base does not)
+at the price of K base-network runs, counted in the proxy arm's time. A compare with
+``confirm`` reports both winners: the proxy's own (the paper's method) and the confirmed one.
+
 ``ProxyHpo`` is the one object that coordinates a run, in the spirit of Optuna's ``Study``:
 it validates everything (options, model, scorer, data) before anything is stored, prepares
 each stage's study and hands the heavy work to private modules: ``hpo.storage`` (journal /
@@ -50,8 +57,9 @@ from typing import Any
 
 from fxprune.errors import ConfigError, FxPruneError
 from hpo import worker
-from hpo.collect import best_trial, collect_report, repeat_prefix
+from hpo.collect import best_trial, collect_report, repeat_prefix, top_trials
 from hpo.config import (
+    CONFIRM_SEED_OFFSET,
     MODES,
     RANK_SEED_OFFSET,
     HpoConfig,
@@ -134,6 +142,24 @@ class ProxyHpo:
         return Job(name=self.config.study(f"final-{source}-{digest(hyperparams.to_dict())}"),
                    role="base", kind="final", budget=len(planned), planned=planned,
                    save_models=True, source=source)
+
+    def confirm_job(self, repeat: int | None = None) -> Job:
+        """The best ``--confirm`` sets of the finished proxy search, each trained once on the
+        base network and scored on validation: the best of them wins. All share one seed
+        (common random numbers: the candidates differ only in their hyperparameters), far
+        from every search, final and rank seed."""
+        import optuna
+
+        stage = repeat_prefix(self.config, repeat or 0)
+        study = optuna.load_study(study_name=self.config.study(f"{stage}proxy"),
+                                  storage=open_storage(self.config))
+        seed = self.config.seed + CONFIRM_SEED_OFFSET + (repeat or 0)
+        planned = tuple({"plan_key": f"trial{trial.number}", "seed": seed,
+                         "hyperparams": hyperparams.to_dict(), "proxy_trial": trial.number,
+                         "proxy_value": trial.value}
+                        for trial, hyperparams in top_trials(study, self.config.confirm))
+        return Job(name=self.config.study(f"{stage}confirm"), role="base", kind="confirm",
+                   budget=len(planned), planned=planned)
 
     def rank_jobs(self, repeat: int = 0) -> list[Job]:
         configs = rank_configurations(self.config, repeat)
@@ -235,13 +261,17 @@ class ProxyHpo:
             self.validate(("proxy",) if config.mode == "proxy" else ("base",))
             self._start("run")
             self.run_job(self.search_job(config.mode))
+            confirms = config.mode == "proxy" and config.confirm > 0
             try:
-                best, hyperparams = self.winner(config.study(config.mode))
+                if confirms:
+                    self.winner(config.study("proxy"))  # one line if nothing completed
+                    self.run_job(self.confirm_job())
+                source = "confirm" if confirms else config.mode
+                best, hyperparams = self.winner(config.study(source))
             except FxPruneError:
                 self.report("run")
                 raise
             atomic_write_json(self.out / BEST_FILE, {"mode": config.mode, **best})
-            source = config.mode
         if config.seeds > 0:
             self.train_final(source, hyperparams, "base_model.pt")
         return self.report("run")
@@ -257,20 +287,27 @@ class ProxyHpo:
         winners: dict[str, Any] = {}
         for repeat in range(config.repeats):
             arms = ("typical", "proxy") if repeat % 2 == 0 else ("proxy", "typical")
-            for mode in arms:
-                self.run_job(self.search_job(mode, repeat))
             stage = repeat_prefix(config, repeat)
             chosen = {}
-            for mode in ("typical", "proxy"):
-                try:
+            try:
+                for mode in arms:
+                    self.run_job(self.search_job(mode, repeat))
+                    if mode == "proxy" and config.confirm:  # part of the proxy arm's time
+                        self.winner(config.study(f"{stage}proxy"))
+                        self.run_job(self.confirm_job(repeat))
+                for mode in ("typical", "proxy") + (("confirm",) if config.confirm else ()):
                     best, chosen[mode] = self.winner(config.study(f"{stage}{mode}"))
-                except FxPruneError:
-                    self.report("compare")
-                    raise
-                winners[f"{stage}{mode}"] = {"mode": mode, "repeat": repeat, **best}
+                    winners[f"{stage}{mode}"] = {"mode": mode, "repeat": repeat, **best}
+            except FxPruneError:
+                self.report("compare")
+                raise
             atomic_write_json(self.out / BEST_FILE, winners)
             for mode in ("typical", "proxy"):
                 self.train_final(f"{stage}{mode}", chosen[mode], f"base_model_{stage}{mode}.pt")
+            if config.confirm and chosen["confirm"] != chosen["proxy"]:
+                # The same set as the proxy's own winner shares its final runs (hpo.collect).
+                self.train_final(f"{stage}confirm", chosen["confirm"],
+                                 f"base_model_{stage}confirm.pt")
             if config.kendall_k:
                 for job in self.rank_jobs(repeat):
                     self.run_job(job)

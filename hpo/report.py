@@ -202,25 +202,39 @@ class RepeatSummary:
     compute_seconds: dict[str, float]  # arm -> summed trial durations
     tau: float | None = None
 
+    def gap(self, arm: str = "proxy") -> float | None:
+        """``arm`` - typical final test accuracy, percentage points."""
+        typical, other = self.test_accuracy.get("typical"), self.test_accuracy.get(arm)
+        return None if typical is None or other is None else 100.0 * (other - typical)
+
+    def reduction(self, arm: str = "proxy") -> float | None:
+        """Search time saved by ``arm`` against typical HPO, percent."""
+        typical, other = self.wall_seconds.get("typical", 0.0), self.wall_seconds.get(arm)
+        return None if not typical or other is None else 100.0 * (1.0 - other / typical)
+
     @property
     def accuracy_gap(self) -> float | None:
-        """proxy - typical final test accuracy, percentage points."""
-        typical, proxy = self.test_accuracy.get("typical"), self.test_accuracy.get("proxy")
-        return None if typical is None or proxy is None else 100.0 * (proxy - typical)
+        return self.gap("proxy")
 
     @property
     def time_reduction_pct(self) -> float | None:
-        typical, proxy = self.wall_seconds.get("typical", 0.0), self.wall_seconds.get("proxy")
-        return None if not typical or proxy is None else 100.0 * (1.0 - proxy / typical)
+        return self.reduction("proxy")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "accuracy_gap_pp": self.accuracy_gap,
-                "time_reduction_pct": self.time_reduction_pct}
+        derived = {"accuracy_gap_pp": self.accuracy_gap,
+                   "time_reduction_pct": self.time_reduction_pct}
+        if "confirm" in self.wall_seconds:
+            derived.update(confirm_gap_pp=self.gap("confirm"),
+                           confirm_reduction_pct=self.reduction("confirm"))
+        return {**asdict(self), **derived}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RepeatSummary:
-        return cls(**{k: v for k, v in data.items()
-                      if k not in ("accuracy_gap_pp", "time_reduction_pct")})
+        return cls(**{k: v for k, v in data.items() if k not in DERIVED})
+
+
+# Keys of RepeatSummary.to_dict() computed from the others.
+DERIVED = ("accuracy_gap_pp", "time_reduction_pct", "confirm_gap_pp", "confirm_reduction_pct")
 
 
 def mean_ci(values: list[float | None], level: float = 0.95) -> dict[str, Any]:
@@ -256,10 +270,16 @@ class HpoReport:
     repeats: tuple[RepeatSummary, ...] = ()
 
     def statistics(self) -> dict[str, dict[str, Any]]:
-        """Mean and 95% CI over the repeats of the gap, the time reduction and tau."""
-        return {"accuracy_gap_pp": mean_ci([r.accuracy_gap for r in self.repeats]),
-                "time_reduction_pct": mean_ci([r.time_reduction_pct for r in self.repeats]),
-                "kendall_tau": mean_ci([r.tau for r in self.repeats])}
+        """Mean and 95% CI over the repeats of the gap, the time reduction and tau, and
+        with ``--confirm`` of the confirmed arm's gap and time reduction."""
+        stats = {"accuracy_gap_pp": mean_ci([r.accuracy_gap for r in self.repeats]),
+                 "time_reduction_pct": mean_ci([r.time_reduction_pct for r in self.repeats]),
+                 "kendall_tau": mean_ci([r.tau for r in self.repeats])}
+        if any("confirm" in r.wall_seconds for r in self.repeats):
+            stats["confirm_gap_pp"] = mean_ci([r.gap("confirm") for r in self.repeats])
+            stats["confirm_reduction_pct"] = mean_ci([r.reduction("confirm")
+                                                      for r in self.repeats])
+        return stats
 
     def study(self, name: str) -> StudySummary | None:
         return next((s for s in self.studies if s.name == name), None)
@@ -409,14 +429,20 @@ def render_report(report: HpoReport) -> Any:
             summary.add_row(f"[bold]Kendall tau[/] (K={len(report.rank.params)})",
                             "-" if tau is None else f"{tau:.3f} (p={report.rank.p_value:.3g})")
         if report.repeats:
-            for key, label in (("accuracy_gap_pp", "gap, pp"), ("time_reduction_pct",
-                                                                "time reduction, %"),
-                               ("kendall_tau", "Kendall tau")):
-                stats = report.statistics()[key]
-                summary.add_row(f"[bold]mean {label}[/] (95% CI, n={stats['n']})",
-                                _ci_text(stats))
+            statistics = report.statistics()
+            for key, label in STATISTIC_LABELS.items():
+                if key in statistics:
+                    stats = statistics[key]
+                    summary.add_row(f"[bold]mean {label}[/] (95% CI, n={stats['n']})",
+                                    _ci_text(stats))
         parts.append(summary)
     return Group(*parts)
+
+
+STATISTIC_LABELS = {
+    "accuracy_gap_pp": "gap, pp", "time_reduction_pct": "time reduction, %",
+    "confirm_gap_pp": "gap with --confirm, pp",
+    "confirm_reduction_pct": "time reduction with --confirm, %", "kendall_tau": "Kendall tau"}
 
 
 def _step_time_text(step: dict[str, Any], macs_reduction: float) -> str:
@@ -442,18 +468,26 @@ def _repeats_table(report: HpoReport) -> Any:
     from rich.table import Table
 
     table = Table(title="Repeats (independent sampler seeds)", title_justify="left")
-    for column in ("repeat", "typical winner", "proxy winner", "typical test", "proxy test",
-                   "gap pp", "typical span", "proxy span", "reduction", "tau"):
+    confirm = any("confirm" in r.wall_seconds for r in report.repeats)
+    arms = ("typical", "proxy", "confirm") if confirm else ("typical", "proxy")
+    columns = ["repeat", *(f"{arm} winner" for arm in arms), *(f"{arm} test" for arm in arms),
+               "typical span", "gap pp", "proxy span", "reduction"]
+    if confirm:
+        columns += ["confirm gap pp", "confirm span", "confirm reduction"]
+    for column in (*columns, "tau"):
         table.add_column(column, justify="right")
     for r in report.repeats:
-        winners = [r.winners.get(arm) or {} for arm in ("typical", "proxy")]
-        table.add_row(
-            str(r.repeat), *(f"#{w.get('trial')}" if w else "-" for w in winners),
-            _pct(r.test_accuracy.get("typical")), _pct(r.test_accuracy.get("proxy")),
-            "-" if r.accuracy_gap is None else f"{r.accuracy_gap:+.2f}",
-            f"{r.wall_seconds.get('typical', 0):.0f}s", f"{r.wall_seconds.get('proxy', 0):.0f}s",
-            "-" if r.time_reduction_pct is None else f"{r.time_reduction_pct:.1f}%",
-            "-" if r.tau is None else f"{r.tau:.2f}")
+        winners = [r.winners.get(arm) or {} for arm in arms]
+        cells = [str(r.repeat), *(f"#{w.get('trial')}" if w else "-" for w in winners),
+                 *(_pct(r.test_accuracy.get(arm)) for arm in arms)]
+        for arm in arms[1:]:
+            gap, reduction = r.gap(arm), r.reduction(arm)
+            if arm == "proxy":
+                cells.append(f"{r.wall_seconds.get('typical', 0):.0f}s")
+            cells += ["-" if gap is None else f"{gap:+.2f}",
+                      f"{r.wall_seconds.get(arm, 0):.0f}s",
+                      "-" if reduction is None else f"{reduction:.1f}%"]
+        table.add_row(*cells, "-" if r.tau is None else f"{r.tau:.2f}")
     return table
 
 
