@@ -17,6 +17,7 @@ import importlib.util
 import os
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -80,7 +81,8 @@ def main() -> None:
     parser.add_argument("--heads", default="dims,both")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"load {open('/proc/loadavg').read().split()[:3]}" if os.path.exists("/proc/loadavg") else "")
+    loadavg = Path("/proc/loadavg")
+    print(f"load {loadavg.read_text().split()[:3]}" if loadavg.exists() else "")
     print("| model | setting | heads | dense | params after | heads kept | head dims | "
           "checked numerically | max diff | prune s | verify s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -132,7 +132,8 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
                                          loaded[f"{stage}rank-proxy"])
             rank = rank or repeat_rank
         if kind == "compare" and arms:
-            repeats.append(_repeat(repeat, arms, repeat_finals, repeat_rank))
+            repeats.append(_repeat(repeat, arms, repeat_finals, repeat_rank,
+                                   _proxy_trial(loaded.get(f"{stage}confirm"), arms)))
     if proxy_info is not None and step_time is not None:  # measured by ProxyHpo.compare
         proxy_info = replace(proxy_info, step_time=step_time)
     if proxy_info is not None:  # the proxy's span includes its pruning
@@ -171,12 +172,24 @@ def _confirms_proxy(arms: dict[str, StudySummary]) -> bool:
             and confirm.best_params == proxy.best_params)
 
 
+def _proxy_trial(study: optuna.Study | None, arms: dict[str, StudySummary]) -> int | None:
+    """The proxy search's number of the confirmation runs' winner."""
+    confirm = arms.get("confirm")
+    if study is None or confirm is None or confirm.best_trial is None:
+        return None
+    return study.trials[confirm.best_trial].user_attrs.get("proxy_trial")
+
+
 def _repeat(index: int, arms: dict[str, StudySummary], finals: dict[str, FinalSummary | None],
-            rank: RankSummary | None) -> RepeatSummary:
-    """One replicate; the ``confirm`` arm's time is the proxy search's plus its own."""
+            rank: RankSummary | None, confirmed_from: int | None = None) -> RepeatSummary:
+    """One replicate; the ``confirm`` arm's time is the proxy search's plus its own, and its
+    winner is named by its proxy trial (``confirm_trial``: its confirmation run)."""
     winners = {arm: None if s.best_trial is None else {
         "trial": s.best_trial, "value": s.best_value, "params": s.best_params}
         for arm, s in arms.items()}
+    if winners.get("confirm") and confirmed_from is not None:
+        winners["confirm"] = {**winners["confirm"], "trial": confirmed_from,
+                              "confirm_trial": winners["confirm"]["trial"]}
     wall = {arm: s.wall_seconds for arm, s in arms.items()}
     compute = {arm: s.trial_seconds for arm, s in arms.items()}
     if "confirm" in arms and "proxy" in arms:

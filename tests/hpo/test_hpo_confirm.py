@@ -59,6 +59,8 @@ def test_compare_with_confirm_reports_the_confirmed_arm(make_config):
                                                           + repeat.repeat}
         best = max(trials, key=lambda t: (t.value, -t.number))
         assert repeat.winners["confirm"]["params"] == best.user_attrs["hyperparams"]
+        assert repeat.winners["confirm"]["trial"] == best.user_attrs["proxy_trial"]  # named
+        assert repeat.winners["confirm"]["confirm_trial"] == best.number  # by the proxy's number
         # its time: the proxy search, then the confirmation runs
         confirm_span = report.study(f"{stage}confirm").wall_seconds
         assert repeat.wall_seconds["confirm"] == pytest.approx(
