@@ -201,6 +201,13 @@ def print_pooled(results: list[dict]) -> dict:
     names = "+".join(result["sampler"] for result in results)
     print(f"\n== pooled over {names}: {len(repeats)} repeats ==")
     goal_lines(pooled)
+    paired = [r["confirm_gap_pp"] - r["accuracy_gap_pp"] for r in repeats
+              if r.get("confirm_gap_pp") is not None and r.get("accuracy_gap_pp") is not None]
+    if paired:  # the same searches and typical winners: only the proxy arm's choice differs
+        changed = sum(1 for r in repeats if (r["winners"].get("confirm") or {}).get("params")
+                      not in (None, (r["winners"].get("proxy") or {}).get("params")))
+        print(f"confirm - proxy, paired on the same searches: {_ci(mean_ci(paired))} pp "
+              f"(n={len(paired)}; confirmation changed the winner in {changed})")
     return pooled
 
 
