@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -201,6 +202,12 @@ def print_pooled(results: list[dict]) -> dict:
     names = "+".join(result["sampler"] for result in results)
     print(f"\n== pooled over {names}: {len(repeats)} repeats ==")
     goal_lines(pooled)
+    for arm, (gap_key, _) in ARMS.items():  # robust to one search that failed outright
+        gaps = sorted(r[gap_key] for r in repeats if r.get(gap_key) is not None)
+        if gaps:
+            print(f"{arm}: median gap {statistics.median(gaps):+.2f} pp; {sum(g < -0.5 for g in gaps)} "
+                  f"of {len(gaps)} repeats below -0.5 pt, {sum(g > 0.5 for g in gaps)} above +0.5 pt; "
+                  f"range {gaps[0]:+.2f} to {gaps[-1]:+.2f}")
     paired = [r["confirm_gap_pp"] - r["accuracy_gap_pp"] for r in repeats
               if r.get("confirm_gap_pp") is not None and r.get("accuracy_gap_pp") is not None]
     if paired:  # the same searches and typical winners: only the proxy arm's choice differs
