@@ -164,12 +164,26 @@ def test_defaults_are_shared_by_cli_and_api():
         assert api[name].default == cli[name].default == getattr(defaults, name.upper())
 
 
+def _popen_as_in_a_terminal(*args, **kwargs) -> subprocess.Popen:
+    """``Popen`` with SIGINT not ignored in the child, as under a terminal. A test run
+    started in the background (``cmd &``, nohup) has SIGINT ignored, which its children
+    inherit, and a Python started that way never raises KeyboardInterrupt. A handler (not
+    SIG_IGN) in this process becomes the default in the child at exec."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(*args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("moment", ["importing", "working"])
 def test_ctrl_c_in_a_real_process_is_one_line_and_leaves_nothing(moment, tmp_path):
     import signal
 
     out = tmp_path / "slim"
-    process = subprocess.Popen(
+    process = _popen_as_in_a_terminal(
         [sys.executable, "-c", "from fxprune.cli import main; main()", "prune",
          "fxprune:resnet110", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
@@ -211,7 +225,7 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(delay, tmp_path):
     import signal
 
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
-    process = subprocess.Popen(
+    process = _popen_as_in_a_terminal(
         [*_console_script(), "prune", "fxprune:resnet20", "--out", str(tmp_path / "slim")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     entry_imported = False
