@@ -459,29 +459,24 @@ def _ci_text(stats: dict[str, Any]) -> str:
 
 
 def _repeats_table(report: HpoReport) -> Any:
+    """One row per repeat and arm (narrow enough for a terminal with any number of arms);
+    gap and reduction are against the repeat's typical arm."""
     from rich.table import Table
 
     table = Table(title="Repeats (independent sampler seeds)", title_justify="left")
-    confirm = any("confirm" in r.wall_seconds for r in report.repeats)
-    arms = ("typical", "proxy", "confirm") if confirm else ("typical", "proxy")
-    columns = ["repeat", *(f"{arm} winner" for arm in arms), *(f"{arm} test" for arm in arms),
-               "typical span", "gap pp", "proxy span", "reduction"]
-    if confirm:
-        columns += ["confirm gap pp", "confirm span", "confirm reduction"]
-    for column in (*columns, "tau"):
-        table.add_column(column, justify="right")
+    for column in ("repeat", "arm", "winner", "test acc", "span", "gap pp", "reduction",
+                   "tau"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
     for r in report.repeats:
-        winners = [r.winners.get(arm) or {} for arm in arms]
-        cells = [str(r.repeat), *(f"#{w.get('trial')}" if w else "-" for w in winners),
-                 *(_pct(r.test_accuracy.get(arm)) for arm in arms)]
-        for arm in arms[1:]:
-            gap, reduction = r.gap(arm), r.reduction(arm)
-            if arm == "proxy":
-                cells.append(f"{r.wall_seconds.get('typical', 0):.0f}s")
-            cells += ["-" if gap is None else f"{gap:+.2f}",
-                      f"{r.wall_seconds.get(arm, 0):.0f}s",
-                      "-" if reduction is None else f"{reduction:.1f}%"]
-        table.add_row(*cells, "-" if r.tau is None else f"{r.tau:.2f}")
+        for arm in (a for a in ("typical", "proxy", "confirm") if a in r.wall_seconds):
+            winner = r.winners.get(arm)
+            gap, reduction = (None, None) if arm == "typical" else (r.gap(arm), r.reduction(arm))
+            table.add_row(
+                str(r.repeat) if arm == "typical" else "", arm,
+                f"#{winner['trial']}" if winner else "-", _pct(r.test_accuracy.get(arm)),
+                f"{r.wall_seconds[arm]:.0f}s", "-" if gap is None else f"{gap:+.2f}",
+                "-" if reduction is None else f"{reduction:.1f}%",
+                "-" if r.tau is None or arm != "typical" else f"{r.tau:.2f}")
     return table
 
 

@@ -78,6 +78,15 @@ def test_compare_with_confirm_reports_the_confirmed_arm(make_config):
     saved = json.loads((Path(config.out) / "report.json").read_text())
     assert "confirm_gap_pp" in saved["repeats"][0]
 
+    from rich.console import Console
+
+    console = Console(record=True, width=80)
+    console.print(report)
+    text = console.export_text()
+    table = text[text.index("Repeats"):]
+    assert sum(" confirm " in line for line in table.splitlines()) == 2  # a row per repeat
+    assert "gap with --confirm" in text and max(map(len, text.splitlines())) <= 80
+
 
 def test_confirm_added_to_a_finished_compare_trains_only_what_is_missing(make_config):
     config = make_config(trials=3, epochs=1, seeds=1)
