@@ -103,8 +103,7 @@ def print_sampler(sampler: str, report, elapsed: float) -> dict:
         for r in confirmed:
             winner, gap, reduction = r.winners.get("confirm") or {}, r.gap("confirm"), \
                 r.reduction("confirm")
-            same = "same as proxy" if winner.get("params") == (r.winners.get("proxy") or {}).get(
-                "params") else "changed"
+            same = "changed" if confirm_changed(r.winners) else "same as proxy"
             acc = r.test_accuracy.get("confirm")
             print(f"{r.repeat:6d} | #{winner.get('trial')} ({same}) | "
                   f"{'-' if acc is None else f'{100 * acc:.2f}%':>12} | "
@@ -118,8 +117,14 @@ def print_sampler(sampler: str, report, elapsed: float) -> dict:
             "repeats": [r.to_dict() for r in report.repeats], "goal_met": met}
 
 
-ARMS = {"proxy": ("accuracy_gap_pp", "time_reduction_pct"),
-        "proxy + confirm": ("confirm_gap_pp", "confirm_reduction_pct")}
+ARM_STATISTICS = {"proxy": ("accuracy_gap_pp", "time_reduction_pct"),
+                  "proxy + confirm": ("confirm_gap_pp", "confirm_reduction_pct")}
+
+
+def confirm_changed(winners: dict) -> bool:
+    """Whether confirmation picked another set than the proxy search's own winner."""
+    confirm = (winners.get("confirm") or {}).get("params")
+    return confirm is not None and confirm != (winners.get("proxy") or {}).get("params")
 
 
 def goal_lines(stats: dict) -> dict[str, bool]:
@@ -127,7 +132,7 @@ def goal_lines(stats: dict) -> dict[str, bool]:
     with their 95% intervals, and the goal check (reduction >= 50% and |gap| <= 0.5 pt on
     the means, and whether the gap's whole interval lies inside +-0.5 pt)."""
     met = {}
-    for arm, (gap_key, reduction_key) in ARMS.items():
+    for arm, (gap_key, reduction_key) in ARM_STATISTICS.items():
         if gap_key not in stats or not stats[gap_key]["n"]:
             continue
         gap, reduction = stats[gap_key]["mean"], stats[reduction_key]["mean"]
@@ -198,11 +203,11 @@ def print_pooled(results: list[dict]) -> dict:
 
     repeats = [r for result in results for r in result["repeats"]]
     pooled = {key: mean_ci([r.get(key) for r in repeats])
-              for keys in ARMS.values() for key in keys}
+              for keys in ARM_STATISTICS.values() for key in keys}
     names = "+".join(result["sampler"] for result in results)
     print(f"\n== pooled over {names}: {len(repeats)} repeats ==")
     goal_lines(pooled)
-    for arm, (gap_key, _) in ARMS.items():  # robust to one search that failed outright
+    for arm, (gap_key, _) in ARM_STATISTICS.items():  # robust to one search that failed outright
         gaps = sorted(r[gap_key] for r in repeats if r.get(gap_key) is not None)
         if gaps:
             print(f"{arm}: median gap {statistics.median(gaps):+.2f} pp; {sum(g < -0.5 for g in gaps)} "
@@ -211,8 +216,7 @@ def print_pooled(results: list[dict]) -> dict:
     paired = [r["confirm_gap_pp"] - r["accuracy_gap_pp"] for r in repeats
               if r.get("confirm_gap_pp") is not None and r.get("accuracy_gap_pp") is not None]
     if paired:  # the same searches and typical winners: only the proxy arm's choice differs
-        changed = sum(1 for r in repeats if (r["winners"].get("confirm") or {}).get("params")
-                      not in (None, (r["winners"].get("proxy") or {}).get("params")))
+        changed = sum(confirm_changed(r["winners"]) for r in repeats)
         print(f"confirm - proxy, paired on the same searches: {_ci(mean_ci(paired))} pp "
               f"(n={len(paired)}; confirmation changed the winner in {changed})")
     return pooled

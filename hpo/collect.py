@@ -21,6 +21,7 @@ from hpo import _optuna, liveness
 from hpo.config import HpoConfig, digest
 from hpo.registry import hyperband_settings
 from hpo.report import (
+    ARMS,
     FinalSummary,
     HpoReport,
     ProxyInfo,
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hpo")
 
-# The studies an arm's winner comes from: the two searches, and the confirmation runs of
-# the proxy's best sets (``--confirm``), whose arm is the proxy search followed by them.
-STAGES = ("typical", "proxy", "confirm")
 
 
 def repeat_prefix(config: HpoConfig, repeat: int) -> str:
@@ -63,8 +61,10 @@ def top_trials(study: optuna.Study, k: int) -> list[tuple[optuna.trial.FrozenTri
     chosen: list[tuple[optuna.trial.FrozenTrial, HyperParams]] = []
     seen: set[str] = set()
     for trial in sorted(complete, key=lambda t: (-t.value, t.number)):
+        if len(chosen) == k:
+            break
         key = digest(trial.user_attrs["hyperparams"])
-        if key not in seen and len(chosen) < k:
+        if key not in seen:
             seen.add(key)
             chosen.append((trial, HyperParams.from_dict(trial.user_attrs["hyperparams"])))
     return chosen
@@ -110,7 +110,7 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
     for repeat in range(config.repeats if kind == "compare" else 1):
         stage = repeat_prefix(config, repeat)
         arms = {}
-        for arm in STAGES:
+        for arm in ARMS:  # each arm's winner comes from its own study
             if f"{stage}{arm}" in loaded:
                 arms[arm] = summarise_search(loaded[f"{stage}{arm}"], config, f"{stage}{arm}")
                 search.append(arms[arm])
@@ -119,7 +119,7 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
                     proxy_info = ProxyInfo(**attrs["proxy_info"])
                 step_time = step_time or attrs.get("step_time")
         repeat_finals = {}
-        for arm in STAGES:
+        for arm in ARMS:
             final = summarise_final(loaded, f"{stage}{arm}", search)
             if final is not None:
                 finals.append(final)
@@ -177,7 +177,7 @@ def _proxy_trial(study: optuna.Study | None, arms: dict[str, StudySummary]) -> i
     confirm = arms.get("confirm")
     if study is None or confirm is None or confirm.best_trial is None:
         return None
-    return study.trials[confirm.best_trial].user_attrs.get("proxy_trial")
+    return study.get_trials(deepcopy=False)[confirm.best_trial].user_attrs.get("proxy_trial")
 
 
 def _repeat(index: int, arms: dict[str, StudySummary], finals: dict[str, FinalSummary | None],
@@ -300,6 +300,5 @@ def summarise_rank(base: optuna.Study, proxy: optuna.Study) -> RankSummary:
         [proxy_scores[k][0] if k in proxy_scores else None for k in keys])
 
 
-__all__ = ["STAGES", "best_trial", "collect_report", "elapsed_span", "repeat_prefix",
-           "summarise_final",
+__all__ = ["best_trial", "collect_report", "elapsed_span", "repeat_prefix", "summarise_final",
            "summarise_rank", "summarise_search", "top_trials"]

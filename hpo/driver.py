@@ -143,6 +143,12 @@ class ProxyHpo:
                    role="base", kind="final", budget=len(planned), planned=planned,
                    save_models=True, source=source)
 
+    def run_confirm(self, repeat: int | None = None) -> None:
+        """The confirmation stage after a finished proxy search (one line if no proxy trial
+        completed: nothing to confirm)."""
+        self.winner(self.config.study(f"{repeat_prefix(self.config, repeat or 0)}proxy"))
+        self.run_job(self.confirm_job(repeat))
+
     def confirm_job(self, repeat: int | None = None) -> Job:
         """The best ``--confirm`` sets of the finished proxy search, each trained once on the
         base network and scored on validation: the best of them wins. All share one seed
@@ -264,8 +270,7 @@ class ProxyHpo:
             confirms = config.mode == "proxy" and config.confirm > 0
             try:
                 if confirms:
-                    self.winner(config.study("proxy"))  # one line if nothing completed
-                    self.run_job(self.confirm_job())
+                    self.run_confirm()
                 source = "confirm" if confirms else config.mode
                 best, hyperparams = self.winner(config.study(source))
             except FxPruneError:
@@ -293,8 +298,7 @@ class ProxyHpo:
                 for mode in arms:
                     self.run_job(self.search_job(mode, repeat))
                     if mode == "proxy" and config.confirm:  # part of the proxy arm's time
-                        self.winner(config.study(f"{stage}proxy"))
-                        self.run_job(self.confirm_job(repeat))
+                        self.run_confirm(repeat)
                 for mode in ("typical", "proxy") + (("confirm",) if config.confirm else ()):
                     best, chosen[mode] = self.winner(config.study(f"{stage}{mode}"))
                     winners[f"{stage}{mode}"] = {"mode": mode, "repeat": repeat, **best}

@@ -190,6 +190,11 @@ class RankSummary:
                    tuple(data["proxy_scores"]), data.get("tau"), data.get("p_value"))
 
 
+# The arms of a compare, in display order: the two searches, and ``confirm`` (``--confirm``),
+# the proxy search followed by base-network runs of its best sets.
+ARMS = ("typical", "proxy", "confirm")
+
+
 @dataclass(frozen=True)
 class RepeatSummary:
     """One replicate of a compare: each arm's winner, its final TEST accuracy (mean over
@@ -468,11 +473,11 @@ def _repeats_table(report: HpoReport) -> Any:
                    "tau"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for r in report.repeats:
-        for arm in (a for a in ("typical", "proxy", "confirm") if a in r.wall_seconds):
+        for row, arm in enumerate(a for a in ARMS if a in r.wall_seconds):
             winner = r.winners.get(arm)
             gap, reduction = (None, None) if arm == "typical" else (r.gap(arm), r.reduction(arm))
             table.add_row(
-                str(r.repeat) if arm == "typical" else "", arm,
+                "" if row else str(r.repeat), arm,
                 f"#{winner['trial']}" if winner else "-", _pct(r.test_accuracy.get(arm)),
                 f"{r.wall_seconds[arm]:.0f}s", "-" if gap is None else f"{gap:+.2f}",
                 "-" if reduction is None else f"{reduction:.1f}%",
@@ -575,6 +580,7 @@ def plot_proxy_vs_base(rank: RankSummary, path: Path) -> Path:
 
 
 __all__ = [
+    "ARMS",
     "BEST_FILE",
     "REPORT_FILE",
     "FinalSummary",
