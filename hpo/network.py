@@ -110,11 +110,16 @@ class NetworkFactory:
         """One forward and backward pass of each network kind on a training batch, before
         any clock starts: first-call costs (allocator, kernels, lazy imports) are charged
         to neither arm."""
-        network = self.make(self.config.seed)
+        from fxprune.train.loop import default_device
+
+        device = default_device()  # where trials train: CUDA's first-call costs are seconds
+        network = self.make(self.config.seed).to(device)
         network.train()
         images, labels = self.data.batch("train", torch.arange(min(8, len(self.data.train))))
-        loss = torch.nn.functional.cross_entropy(network(images), labels)
+        loss = torch.nn.functional.cross_entropy(network(images.to(device)), labels.to(device))
         loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
 
 def fan_in(weight: torch.Tensor) -> int:

@@ -95,3 +95,42 @@ def test_proxy_init_is_part_of_the_proxy_fingerprint(make_config):
     assert one.fingerprint("base") == two.fingerprint("base")
     with pytest.raises(fxprune.errors.ConfigError, match="--proxy-init"):
         make_config(proxy_init="xavier")
+
+
+def _warmed_up_network(make_config, monkeypatch, device: torch.device) -> nn.Module:
+    """The network ``NetworkFactory.warm_up`` ran, with the training device set to ``device``."""
+    import fxprune.train.loop
+    from hpo.network import NetworkFactory
+
+    monkeypatch.setattr(fxprune.train.loop, "default_device", lambda: device)
+    config = make_config()
+    factory = network_factory(config, load_data(config), "base")
+    made = []
+    original = NetworkFactory.make
+
+    def spy(self, seed):
+        made.append(original(self, seed))
+        return made[-1]
+
+    monkeypatch.setattr(NetworkFactory, "make", spy)
+    factory.warm_up()
+    assert len(made) == 1
+    return made[0]
+
+
+def test_warm_up_runs_on_the_training_device(make_config, monkeypatch):
+    # Warm-up exists so that first-call costs are charged to neither arm; on a GPU those
+    # costs (context, cuDNN/cuBLAS handles) are CUDA's, so a CPU warm-up would leave them
+    # to whichever search runs first. The meta device stands in for "not the CPU".
+    network = _warmed_up_network(make_config, monkeypatch, torch.device("meta"))
+    assert {p.device.type for p in network.parameters()} == {"meta"}
+    assert all(p.grad is not None and p.grad.device.type == "meta"
+               for p in network.parameters() if p.requires_grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_warm_up_initialises_cuda_before_any_clock(make_config, monkeypatch):
+    network = _warmed_up_network(make_config, monkeypatch, torch.device("cuda"))
+    assert torch.cuda.is_initialized()
+    assert {p.device.type for p in network.parameters()} == {"cuda"}
