@@ -67,6 +67,14 @@ def no_gpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def cuda_unusable() -> str | None:
+    """Why onnxruntime cannot run on CUDA here (no GPU, or a CPU-only onnxruntime build next
+    to a GPU, as on images that ship plain ``onnxruntime``), or None."""
+    from fxprune.deploy.runtime import gpu_problem
+
+    return gpu_problem()
+
+
 # ----------------------------------------------------------------------------- providers
 
 
@@ -97,8 +105,22 @@ def test_gpu_provider_without_gpu_is_a_profile_error(provider):
     assert_one_line(error, provider, "GPU")
 
 
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_gpu_provider_next_to_a_cpu_only_onnxruntime_is_a_profile_error(provider, monkeypatch):
+    # Seen on a GPU machine whose image ships plain onnxruntime: torch sees the GPU, ORT
+    # cannot use it. "auto" falls back to the CPU; asking for a GPU provider is one line.
+    from fxprune.deploy import runtime
+
+    problem = "this onnxruntime 1.30.0 build has no CUDAExecutionProvider"
+    monkeypatch.setattr(runtime, "gpu_problem", lambda: problem)
+    assert resolve_providers("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(ProfileError) as error:
+        resolve_providers(provider)
+    assert_one_line(error, provider, "no CUDAExecutionProvider", "--provider cpu")
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(no_gpu(), reason="needs a CUDA device")
+@pytest.mark.skipif(cuda_unusable() is not None, reason=f"needs CUDA in onnxruntime: {cuda_unusable()}")
 def test_cuda_provider_runs(tiny_onnx):
     assert resolve_providers("auto")[0] == "CUDAExecutionProvider"
     (stat,) = profile_onnx(tiny_onnx, provider="cuda", **TINY_TIMING)
