@@ -61,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-ratio", type=float, default=0.15)
     parser.add_argument("--scorer", default="synflow")
     parser.add_argument("--proxy-init", default="fan-in", choices=["fan-in", "model"])
+    parser.add_argument("--proxy-lr", default="same", choices=["same", "fan-in"],
+                        help="proxy trials' learning rate per layer (hpo run --proxy-lr)")
     parser.add_argument("--confirm", type=int, default=2,
                         help="also report the proxy arm whose K best sets train once on the "
                              "base network (0: the paper's arm only)")
@@ -170,7 +172,7 @@ def main() -> None:
           f"train/val/test capped at {args.train_size}/{args.eval_size}/{args.eval_size}; "
           f"{args.trials} trials x {args.epochs} epochs per search, {args.repeats} repeats, "
           f"{args.seeds} final seeds, K={args.kendall_k}; proxy = {args.scorer} ratio "
-          f"{args.ratio}, min-ratio {args.min_ratio}, init {args.proxy_init}")
+          f"{args.ratio}, min-ratio {args.min_ratio}, init {args.proxy_init}, lr {args.proxy_lr}")
     results = []
     for sampler in args.samplers.split(","):
         config = HpoConfig(
@@ -180,7 +182,7 @@ def main() -> None:
             ratio=args.ratio, min_ratio=args.min_ratio, scorer=args.scorer,
             kendall_k=args.kendall_k, threads=args.threads, image_size=args.image_size,
             train_size=args.train_size, eval_size=args.eval_size, repeats=args.repeats,
-            proxy_init=args.proxy_init, confirm=args.confirm,
+            proxy_init=args.proxy_init, proxy_lr=args.proxy_lr, confirm=args.confirm,
         )
         load_before = load_average()
         start = time.perf_counter()

@@ -73,6 +73,9 @@ HeartbeatOpt = Annotated[float, typer.Option(
 ProxyInitOpt = Annotated[str, typer.Option(
     help="Proxy weights: fan-in (the model's init rescaled to each slim layer's fan-in) or "
          "model (the model's init at the base widths).")]
+ProxyLrOpt = Annotated[str, typer.Option(
+    help="Proxy learning rate per layer: same (the trial's, the paper's method) or fan-in "
+         "(times fan_in_base / fan_in_slim, so each layer moves as the base layer would).")]
 SpaceOpt = Annotated[Path | None, typer.Option(
     help="TOML file overriding the search space: ranges \\[low, high] or fixed values.")]
 RatioOpt = Annotated[float, typer.Option(help="Fraction of channels pruned for the proxy.")]
@@ -241,6 +244,7 @@ def run(
     eval_size: EvalSizeOpt = None,
     heartbeat: HeartbeatOpt = 10.0,
     proxy_init: ProxyInitOpt = "fan-in",
+    proxy_lr: ProxyLrOpt = "same",
     confirm: ConfirmOpt = 0,
     quiet: QuietOpt = False,
 ) -> None:
@@ -262,7 +266,7 @@ def run(
                          ratio=ratio, min_ratio=min_ratio, scorer=scorer, seed=seed,
                          image_size=image_size, threads=threads, study_name=study_name,
                          train_size=train_size, eval_size=eval_size, heartbeat=heartbeat,
-                         proxy_init=proxy_init, confirm=confirm)
+                         proxy_init=proxy_init, proxy_lr=proxy_lr, confirm=confirm)
         with _progress(enabled=not quiet) as progress:
             report = driver.run(config, progress)
     _finish(report, config.out, started)
@@ -299,6 +303,7 @@ def compare(
     eval_size: EvalSizeOpt = None,
     heartbeat: HeartbeatOpt = 10.0,
     proxy_init: ProxyInitOpt = "fan-in",
+    proxy_lr: ProxyLrOpt = "same",
     confirm: ConfirmOpt = 0,
     quiet: QuietOpt = False,
 ) -> None:
@@ -320,7 +325,7 @@ def compare(
                          seed=seed, image_size=image_size, kendall_k=kendall_k,
                          threads=threads, repeats=repeats, study_name=study_name,
                          train_size=train_size, eval_size=eval_size, heartbeat=heartbeat,
-                         proxy_init=proxy_init, confirm=confirm)
+                         proxy_init=proxy_init, proxy_lr=proxy_lr, confirm=confirm)
         with _progress(enabled=not quiet) as progress:
             report = driver.compare(config, progress)
     _finish(report, config.out, started)

@@ -21,6 +21,9 @@ MODES = ("typical", "proxy", "final")
 # How the proxy's weights are initialised (hpo.network): the model's own init rescaled to
 # each slim layer's fan-in, or the model's own init as drawn for the base widths.
 PROXY_INITS = ("fan-in", "model")
+# The learning rate a proxy trial trains each layer with (hpo.network): the trial's own
+# ("same", the paper's method), or per layer times fan_in_base / fan_in_slim ("fan-in").
+PROXY_LRS = ("same", "fan-in")
 # Seeds of final runs and of the shared rank configurations live far from the search
 # trials' seeds (seed + 1 + trial number), so no "independent" final run replays a trial.
 FINAL_SEED_OFFSET = 1_000_000
@@ -59,6 +62,7 @@ class HpoConfig:
     eval_size: int | None = None  # cap on the validation and test splits
     heartbeat: float = 10.0  # seconds between liveness stamps of a running trial
     proxy_init: str = "fan-in"  # see PROXY_INITS
+    proxy_lr: str = "same"  # see PROXY_LRS
     # Proxy searches: the best ``confirm`` proxy trials are trained once on the base network
     # (validation split) and the best of them wins; 0 keeps the paper's method (the proxy's
     # best set is the winner). Its time is part of the proxy arm's search time.
@@ -93,6 +97,8 @@ class HpoConfig:
              "--confirm re-checks a proxy search's best sets: use it with --mode proxy"),
             (self.proxy_init in PROXY_INITS,
              f"--proxy-init {self.proxy_init!r}: choose one of {', '.join(PROXY_INITS)}"),
+            (self.proxy_lr in PROXY_LRS,
+             f"--proxy-lr {self.proxy_lr!r}: choose one of {', '.join(PROXY_LRS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -121,6 +127,8 @@ class HpoConfig:
         if role == "proxy":
             data.update(ratio=self.ratio, min_ratio=self.min_ratio, scorer=self.scorer,
                         proxy_init=self.proxy_init)
+            if self.proxy_lr != "same":  # absent when "same": older run folders still resume
+                data["proxy_lr"] = self.proxy_lr
         return data
 
     def study(self, name: str) -> str:
@@ -189,5 +197,5 @@ def arm_seed(config: HpoConfig, repeat: int, arm: str) -> int:
     return int(digest([config.seed, repeat, arm, config.sampler]), 16) % 2**31
 
 
-__all__ = ["CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES", "PROXY_INITS", "RANK_SEED_OFFSET", "HpoConfig", "Job",
+__all__ = ["CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES", "PROXY_INITS", "PROXY_LRS", "RANK_SEED_OFFSET", "HpoConfig", "Job",
            "ProgressCallback", "Snapshot", "arm_seed", "digest"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -92,13 +92,16 @@ def train_model(
     on_epoch: EpochCallback | None = None,
     device: torch.device | str | None = None,
     eval_split: str = "val",
+    lr_scales: Mapping[str, float] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``epochs``; returns per-epoch accuracy on ``eval_split``."""
+    """Train ``model`` in place for ``epochs``; returns per-epoch accuracy on ``eval_split``.
+    ``lr_scales`` maps parameter names to a multiplier of the scheduled learning rate (the
+    proxy's ``proxy_lr="fan-in"``, ``hpo.network``); the others train at it."""
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=hyperparams.lr, momentum=hyperparams.momentum,
-        weight_decay=hyperparams.weight_decay,
+        _param_groups(model, lr_scales or {}), lr=hyperparams.lr,
+        momentum=hyperparams.momentum, weight_decay=hyperparams.weight_decay,
     )
     generator = torch.Generator().manual_seed(seed)
     batch_size = max(1, min(hyperparams.batch_size, len(data.train)))
@@ -109,7 +112,7 @@ def train_model(
         torch.manual_seed(seed)
         for epoch in range(epochs):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(hyperparams, epoch, epochs)
+                group["lr"] = learning_rate(hyperparams, epoch, epochs) * group["lr_scale"]
             model.train()
             train_epoch(train_batches(data, batch_size, generator), objective,
                         lambda: (optimizer,), epoch=epoch + 1, device=device)
@@ -118,6 +121,19 @@ def train_model(
             if on_epoch is not None:
                 on_epoch(epoch + 1, accuracy)
     return TrainResult(tuple(accuracies), time.perf_counter() - start)
+
+
+def _param_groups(model: nn.Module, lr_scales: Mapping[str, float]) -> list[dict]:
+    """One SGD parameter group per distinct learning-rate multiplier, in parameter order."""
+    named = dict(model.named_parameters())
+    unknown = sorted(set(lr_scales) - set(named))
+    if unknown:
+        raise FxPruneError(f"learning-rate scales for parameters the model does not have: "
+                           f"{', '.join(unknown[:5])}")
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, parameter in named.items():
+        groups.setdefault(float(lr_scales.get(name, 1.0)), []).append(parameter)
+    return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
 
 def evaluate(model: nn.Module, data: Dataset, device: torch.device | str | None = None,

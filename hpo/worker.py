@@ -113,7 +113,8 @@ class TrialRunner:
 
         model = self.factory.make(seed)
         result = train_model(model, self.data, hyperparams, self.config.epochs, seed=seed,
-                             on_epoch=on_epoch, eval_split=self.job.eval_split)
+                             on_epoch=on_epoch, eval_split=self.job.eval_split,
+                             lr_scales=self.factory.lr_scales)
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
         if self.job.save_models:
             trial.set_user_attr("model_path", save_model(self.config, self.job, seed, model))

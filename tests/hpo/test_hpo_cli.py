@@ -64,6 +64,7 @@ def test_space_file_reaches_the_study(model_file: Path, tmp_path: Path):
     (["--space", "{tmp}/missing.toml"], "search-space file not found"),
     (["--confirm", "-1"], "--confirm must be 0 (off) or more"),
     (["--confirm", "2", "--mode", "typical"], "use it with --mode proxy"),
+    (["--proxy-lr", "mup"], "--proxy-lr 'mup': choose one of same, fan-in"),
 ])
 def test_user_mistakes_are_one_red_line(model_file: Path, tmp_path: Path, args, match):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

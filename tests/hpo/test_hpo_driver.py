@@ -362,6 +362,25 @@ def test_proxy_step_time_is_checked_before_the_search_and_warns_when_slow(
     assert seen == [0]
 
 
+def test_proxy_lr_fan_in_reaches_proxy_trials_and_not_the_base_network(make_config,
+                                                                       monkeypatch):
+    seen: list[tuple[str, dict]] = []
+    original = hpo.train.train_model
+
+    def spy(model, data, hyperparams, epochs, **kwargs):
+        seen.append((kwargs["eval_split"], dict(kwargs.get("lr_scales") or {})))
+        return original(model, data, hyperparams, epochs, **kwargs)
+
+    monkeypatch.setattr(hpo.train, "train_model", spy)
+    config = make_config(mode="proxy", trials=2, epochs=1, seeds=1, proxy_lr="fan-in")
+    driver.run(config)
+    search = [scales for split, scales in seen if split == "val"]
+    final = [scales for split, scales in seen if split == "test"]
+    assert len(search) == 2 and len(final) == 1
+    assert all(scales and min(scales.values()) > 1 for scales in search)
+    assert final == [{}]  # the winner trains the base network at its own lr
+
+
 def test_digits_run(make_config):
     config = make_config(data="digits", mode="typical", trials=2, epochs=1)
     report = driver.run(config)

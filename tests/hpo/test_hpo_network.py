@@ -97,6 +97,36 @@ def test_proxy_init_is_part_of_the_proxy_fingerprint(make_config):
         make_config(proxy_init="xavier")
 
 
+def test_proxy_lr_enters_the_proxy_fingerprint_only_when_not_the_papers(make_config):
+    same, scaled = make_config(), make_config(proxy_lr="fan-in")
+    assert "proxy_lr" not in same.fingerprint("proxy")  # run folders made before it resume
+    assert scaled.fingerprint("proxy")["proxy_lr"] == "fan-in"
+    assert same.fingerprint("base") == scaled.fingerprint("base")
+    with pytest.raises(fxprune.errors.ConfigError, match="--proxy-lr 'mup'"):
+        make_config(proxy_lr="mup")
+
+
+@pytest.mark.parametrize("proxy_lr", ["same", "fan-in"])
+def test_proxy_lr_scales_are_each_layers_fan_in_ratio(make_config, tmp_path, proxy_lr):
+    path = tmp_path / "wide.py"
+    path.write_text(KAIMING_FAN_IN)
+    config = make_config(model=str(path), ratio=0.6, min_ratio=0.2, proxy_lr=proxy_lr)
+    data = load_data(config)
+    factory = network_factory(config, data, "proxy")
+    assert network_factory(config, data, "base").lr_scales == {}  # the base trains at lr
+    if proxy_lr == "same":
+        assert factory.lr_scales == {}
+        return
+    proxy, base = factory.make(seed=3), dict(factory.base.named_parameters())
+    named = dict(proxy.named_parameters())
+    # every narrowed weight, and only weights: norms and biases keep the trial's lr
+    narrowed = {name for name, p in named.items()
+                if p.dim() >= 2 and fan_in(p) != fan_in(base[name])}
+    assert set(factory.lr_scales) == narrowed and len(narrowed) >= 3
+    for name, scale in factory.lr_scales.items():
+        assert scale == pytest.approx(fan_in(base[name]) / fan_in(named[name])) and scale > 1.2
+
+
 def _warmed_up_network(make_config, monkeypatch, device: torch.device) -> nn.Module:
     """The network ``NetworkFactory.warm_up`` ran, with the training device set to ``device``."""
     import fxprune.train.loop

@@ -55,6 +55,40 @@ def test_training_learns_and_is_deterministic(tiny: nn.Module, synthetic):
     assert first.final_accuracy > 0.6  # four classes: chance is 0.25
 
 
+def test_lr_scales_multiply_each_named_parameters_learning_rate(tiny: nn.Module, synthetic,
+                                                                 monkeypatch):
+    # Zero weight decay: a parameter whose lr is scaled by 0 must not move at all, and one
+    # scaled by 2 trains in its own group at twice the scheduled lr, decay included.
+    point = HyperParams(lr=0.02, batch_size=32, weight_decay=0.0, momentum=0.0)
+    names = [name for name, p in tiny.named_parameters() if p.dim() >= 2]
+    frozen, doubled = names[0], names[-1]
+    start = reinitialise(tiny, 1)
+    model = reinitialise(tiny, 1)
+    train_model(model, synthetic, point, 1, seed=0, lr_scales={frozen: 0.0})
+    before, after = dict(start.named_parameters()), dict(model.named_parameters())
+    assert torch.equal(after[frozen], before[frozen])
+    assert all(not torch.equal(after[n], before[n]) for n in names if n != frozen)
+    optimizers = []
+
+    class Recorded(torch.optim.SGD):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+    monkeypatch.setattr(torch.optim, "SGD", Recorded)
+    one = reinitialise(tiny, 1)
+    train_model(one, synthetic, point, 4, seed=0, lr_scales={doubled: 2.0})
+    (optimizer,) = optimizers
+    target = dict(one.named_parameters())[doubled]
+    lrs = {any(p is target for p in g["params"]): g["lr"] for g in optimizer.param_groups}
+    assert len(optimizer.param_groups) == 2
+    assert lrs[True] == pytest.approx(2 * lrs[False])
+    assert lrs[False] == pytest.approx(learning_rate(point, 3, 4))  # the schedule still applies
+    with pytest.raises(FxPruneError, match="does not have: nowhere.weight"):
+        train_model(reinitialise(tiny, 1), synthetic, point, 1, seed=0,
+                    lr_scales={"nowhere.weight": 2.0})
+
+
 def test_nan_loss_raises_training_diverged(tiny: nn.Module, synthetic):
     point = HyperParams(lr=1e10, batch_size=32, weight_decay=5e-4)
     with pytest.raises(TrainingDiverged, match="diverged: loss=") as info:
