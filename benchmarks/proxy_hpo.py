@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+from hpo.report import ci_text, mean_ci
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -77,14 +79,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _ci(stats: dict) -> str:
-    if stats["mean"] is None:
-        return "-"
-    if stats["ci_low"] is None:
-        return f"{stats['mean']:+.2f}"
-    return f"{stats['mean']:+.2f} [{stats['ci_low']:+.2f}, {stats['ci_high']:+.2f}]"
-
-
 def print_sampler(sampler: str, report, elapsed: float) -> dict:
     print(f"\n== {sampler} + {report.config['pruner']}: {len(report.repeats)} repeats, "
           f"{elapsed:.0f}s ==")
@@ -113,7 +107,7 @@ def print_sampler(sampler: str, report, elapsed: float) -> dict:
                   f"{r.wall_seconds['confirm']:.1f}s | "
                   f"{'-' if reduction is None else f'{reduction:.1f}%'}")
     stats = report.statistics()
-    print(f"mean Kendall tau, 95% CI:               {_ci(stats['kendall_tau'])}")
+    print(f"mean Kendall tau, 95% CI:               {ci_text(stats['kendall_tau'])}")
     met = goal_lines(stats)
     return {"sampler": sampler, "seconds": round(elapsed, 1), "statistics": stats,
             "repeats": [r.to_dict() for r in report.repeats], "goal_met": met}
@@ -139,8 +133,8 @@ def goal_lines(stats: dict) -> dict[str, bool]:
             continue
         gap, reduction = stats[gap_key]["mean"], stats[reduction_key]["mean"]
         met[arm] = gap is not None and reduction is not None and reduction >= 50 and abs(gap) <= 0.5
-        print(f"{arm}: gap (arm - typical) {_ci(stats[gap_key])} pp, time reduction "
-              f"{_ci(stats[reduction_key])} % (n={stats[gap_key]['n']}); goal (reduction >= 50% "
+        print(f"{arm}: gap (arm - typical) {ci_text(stats[gap_key])} pp, time reduction "
+              f"{ci_text(stats[reduction_key])} % (n={stats[gap_key]['n']}); goal (reduction >= 50% "
               f"and |gap| <= 0.5 pt on the means) {'met' if met[arm] else 'NOT met'}; "
               f"{_within(stats[gap_key])}")
     return met
@@ -201,8 +195,6 @@ def print_pooled(results: list[dict]) -> dict:
     """Every repeat of every sampler as one sample: does proxy HPO pick hyperparameters as
     good as typical HPO, whatever the sampler? (Repeats are independent across samplers:
     their seeds differ per sampler.)"""
-    from hpo.report import mean_ci
-
     repeats = [r for result in results for r in result["repeats"]]
     pooled = {key: mean_ci([r.get(key) for r in repeats])
               for keys in ARM_STATISTICS.values() for key in keys}
@@ -219,7 +211,7 @@ def print_pooled(results: list[dict]) -> dict:
               if r.get("confirm_gap_pp") is not None and r.get("accuracy_gap_pp") is not None]
     if paired:  # the same searches and typical winners: only the proxy arm's choice differs
         changed = sum(confirm_changed(r["winners"]) for r in repeats)
-        print(f"confirm - proxy, paired on the same searches: {_ci(mean_ci(paired))} pp "
+        print(f"confirm - proxy, paired on the same searches: {ci_text(mean_ci(paired))} pp "
               f"(n={len(paired)}; confirmation changed the winner in {changed})")
     return pooled
 

@@ -434,7 +434,7 @@ def render_report(report: HpoReport) -> Any:
                 if key in statistics:
                     stats = statistics[key]
                     summary.add_row(f"[bold]mean {label}[/] (95% CI, n={stats['n']})",
-                                    _ci_text(stats))
+                                    ci_text(stats))
         parts.append(summary)
     return Group(*parts)
 
@@ -455,7 +455,7 @@ def _step_time_text(step: dict[str, Any], macs_reduction: float) -> str:
             f"over the base network{interval}{verdict}; MACs reduction {macs_reduction:.2f}x")
 
 
-def _ci_text(stats: dict[str, Any]) -> str:
+def ci_text(stats: dict[str, Any]) -> str:
     if stats["mean"] is None:
         return "-"
     if stats["ci_low"] is None:
@@ -592,6 +592,7 @@ __all__ = [
     "TrialRecord",
     "atomic_write",
     "atomic_write_json",
+    "ci_text",
     "mean_ci",
     "read_report",
     "render_report",
