@@ -7,7 +7,8 @@ this module holds what they all need so each script is only its own experiment:
 * ``open_session`` / ``random_feed``: onnxruntime set up as ``fxprune.deploy.runtime`` does;
 * ``Timing`` / ``time_interleaved``: rounds alternating several sessions on one feed,
   with per-round slot medians for a paired speed-up robust to load that comes and goes;
-* ``add_common_args`` / ``split_list``: argparse bits (--threads, --seed, --quick, --json);
+* ``add_common_args`` / ``add_hpo_network_args`` / ``split_list``: argparse bits (--threads,
+  --seed, --quick, --json; the HPO benchmarks' --model, --data, --data-dir);
 * ``count`` / ``first_line`` / ``environment_line`` / ``write_json``: table and report text.
 """
 
@@ -163,6 +164,14 @@ def add_common_args(parser: argparse.ArgumentParser, *, threads: int = 2) -> Non
     parser.add_argument("--seed", type=int, default=0, help="torch seed for init and pruning")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter timing rounds")
     parser.add_argument("--json", dest="json_path", type=Path, default=None, help="write results here")
+
+
+def add_hpo_network_args(parser: argparse.ArgumentParser) -> None:
+    """--model, --data, --data-dir: the HPO benchmarks' network and data (defaults: ResNet-20
+    on Fashion-MNIST, the README's HPO setting)."""
+    parser.add_argument("--model", default="fxprune:resnet20")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--data-dir", default=None)
 
 
 def split_list(text: str, known: dict | None = None, what: str = "value") -> list[str]:

@@ -43,14 +43,14 @@ import sys
 import time
 from pathlib import Path
 
+from _common import add_hpo_network_args
+
 from hpo.report import ci_text, mean_ci
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="fxprune:resnet20")
-    parser.add_argument("--data", default="fashion-mnist")
-    parser.add_argument("--data-dir", default=None)
+    add_hpo_network_args(parser)
     parser.add_argument("--samplers", default="tpe,gp,cmaes")
     parser.add_argument("--pruner", default="hyperband", choices=["hyperband", "median", "none"])
     parser.add_argument("--trials", type=int, default=20)

@@ -23,14 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+from _common import add_hpo_network_args
+
 VARIANTS = ("base", "proxy same", "proxy fan-in")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="fxprune:resnet20")
-    parser.add_argument("--data", default="fashion-mnist")
-    parser.add_argument("--data-dir", default=None)
+    add_hpo_network_args(parser)
     parser.add_argument("--lrs", default="0.005,0.01,0.02,0.04,0.08,0.16")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5)

@@ -26,12 +26,12 @@ import platform
 import sys
 from pathlib import Path
 
+from _common import add_hpo_network_args
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="fxprune:resnet20")
-    parser.add_argument("--data", default="fashion-mnist")
-    parser.add_argument("--data-dir", default=None)
+    add_hpo_network_args(parser)
     parser.add_argument("--batches", default="32,128,512,1024")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the training "
                         "device HPO would use)")
