@@ -33,6 +33,8 @@ def parse_args() -> argparse.Namespace:
     add_hpo_network_args(parser)
     parser.add_argument("--lrs", default="0.005,0.01,0.02,0.04,0.08,0.16")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"a subset of {', '.join(VARIANTS)} (the best-lr lines need base)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--weight-decay", type=float, default=3e-4)
@@ -65,6 +67,11 @@ def main() -> None:
             "proxy same": network_factory(config.replace(proxy_lr="same"), data, "proxy"),
             "proxy fan-in": network_factory(config.replace(proxy_lr="fan-in"), data, "proxy"),
         }
+        variants = [v.strip() for v in args.variants.split(",")]
+        unknown = [v for v in variants if v not in factories]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
+        factories = {v: factories[v] for v in variants}
     except (FxPruneError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(f"{args.model} on {args.data} ({args.train_size}/{args.eval_size} images), "
@@ -87,13 +94,13 @@ def main() -> None:
                 print(f"  {variant:>12} lr {lr:g} seed {seed}: {100 * accuracy:.1f}% "
                       f"({runs[-1]['seconds']}s)", flush=True)
     mean = {(v, lr): statistics.mean(r["accuracy"] for r in runs if r["variant"] == v
-                                     and r["lr"] == lr) for v in VARIANTS for lr in lrs}
-    print(f"\n{'lr':>8} | " + " | ".join(f"{v:>12}" for v in VARIANTS))
+                                     and r["lr"] == lr) for v in factories for lr in lrs}
+    print(f"\n{'lr':>8} | " + " | ".join(f"{v:>12}" for v in factories))
     for lr in lrs:
-        print(f"{lr:8g} | " + " | ".join(f"{100 * mean[v, lr]:12.1f}" for v in VARIANTS))
-    best = {v: max(lrs, key=lambda lr, v=v: mean[v, lr]) for v in VARIANTS}
-    print(f"{'best lr':>8} | " + " | ".join(f"{best[v]:12g}" for v in VARIANTS))
-    for variant in VARIANTS[1:]:
+        print(f"{lr:8g} | " + " | ".join(f"{100 * mean[v, lr]:12.1f}" for v in factories))
+    best = {v: max(lrs, key=lambda lr, v=v: mean[v, lr]) for v in factories}
+    print(f"{'best lr':>8} | " + " | ".join(f"{best[v]:12g}" for v in factories))
+    for variant in [v for v in factories if v != "base" and "base" in factories]:
         on_base = mean["base", best[variant]]
         print(f"{variant}: its best lr {best[variant]:g} gives the base network "
               f"{100 * on_base:.1f}%, {100 * (on_base - mean['base', best['base']]):+.1f} pt "

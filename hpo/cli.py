@@ -75,7 +75,8 @@ ProxyInitOpt = Annotated[str, typer.Option(
          "model (the model's init at the base widths).")]
 ProxyLrOpt = Annotated[str, typer.Option(
     help="Proxy learning rate per layer: same (the trial's, the paper's method) or fan-in "
-         "(times fan_in_base / fan_in_slim, so each layer moves as the base layer would).")]
+         "(times fan_in_base / fan_in_slim, weight decay divided by it, so each layer moves "
+         "as the base layer would).")]
 SpaceOpt = Annotated[Path | None, typer.Option(
     help="TOML file overriding the search space: ranges \\[low, high] or fixed values.")]
 RatioOpt = Annotated[float, typer.Option(help="Fraction of channels pruned for the proxy.")]

@@ -22,7 +22,8 @@ MODES = ("typical", "proxy", "final")
 # each slim layer's fan-in, or the model's own init as drawn for the base widths.
 PROXY_INITS = ("fan-in", "model")
 # The learning rate a proxy trial trains each layer with (hpo.network): the trial's own
-# ("same", the paper's method), or per layer times fan_in_base / fan_in_slim ("fan-in").
+# ("same", the paper's method), or per layer times fan_in_base / fan_in_slim, with the
+# weight decay divided by it ("fan-in").
 PROXY_LRS = ("same", "fan-in")
 # Seeds of final runs and of the shared rank configurations live far from the search
 # trials' seeds (seed + 1 + trial number), so no "independent" final run replays a trial.

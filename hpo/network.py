@@ -31,8 +31,10 @@ Re-deriving the learning rate for the narrower widths (``proxy_lr="fan-in"``; th
     0.015-0.085, and those winners cost about a point of test accuracy). With "fan-in" a
     proxy trial trains every weight with a fan-in (conv, linear) at ``lr * fan_in_base /
     fan_in_slim`` (``NetworkFactory.lr_scales``), so each layer moves its pre-activations as
-    the base layer would at ``lr``; norms and biases keep ``lr``. The trial's suggested
-    ``lr`` is what the winner hands to the base network.
+    the base layer would at ``lr``, and with ``weight_decay`` divided by the same factor, so
+    its weights still shrink by ``lr * weight_decay`` per step as the base layer's do (a
+    per-weight decay needs no width correction); norms and biases keep ``lr``. The trial's
+    suggested ``lr`` and ``weight_decay`` are what the winner hands to the base network.
 """
 
 from __future__ import annotations

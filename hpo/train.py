@@ -95,12 +95,14 @@ def train_model(
     lr_scales: Mapping[str, float] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs``; returns per-epoch accuracy on ``eval_split``.
-    ``lr_scales`` maps parameter names to a multiplier of the scheduled learning rate (the
-    proxy's ``proxy_lr="fan-in"``, ``hpo.network``); the others train at it."""
+    ``lr_scales`` maps parameter names to a multiplier of the gradient step (the proxy's
+    ``proxy_lr="fan-in"``, ``hpo.network``): such a parameter trains at ``scale x`` the
+    scheduled learning rate with ``weight_decay / scale``, so its weights still decay by
+    ``lr * weight_decay`` per step, as everywhere else; the others train as usual."""
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     optimizer = torch.optim.SGD(
-        _param_groups(model, lr_scales or {}), lr=hyperparams.lr,
+        _param_groups(model, lr_scales or {}, hyperparams.weight_decay), lr=hyperparams.lr,
         momentum=hyperparams.momentum, weight_decay=hyperparams.weight_decay,
     )
     generator = torch.Generator().manual_seed(seed)
@@ -123,8 +125,11 @@ def train_model(
     return TrainResult(tuple(accuracies), time.perf_counter() - start)
 
 
-def _param_groups(model: nn.Module, lr_scales: Mapping[str, float]) -> list[dict]:
-    """One SGD parameter group per distinct learning-rate multiplier, in parameter order."""
+def _param_groups(model: nn.Module, lr_scales: Mapping[str, float],
+                  weight_decay: float) -> list[dict]:
+    """One SGD parameter group per distinct step multiplier, in parameter order; its weight
+    decay is divided by the multiplier (0 for a frozen group), so the decay per step
+    (``lr * weight_decay``) is the same in every group."""
     named = dict(model.named_parameters())
     unknown = sorted(set(lr_scales) - set(named))
     if unknown:
@@ -133,7 +138,9 @@ def _param_groups(model: nn.Module, lr_scales: Mapping[str, float]) -> list[dict
     groups: dict[float, list[nn.Parameter]] = {}
     for name, parameter in named.items():
         groups.setdefault(float(lr_scales.get(name, 1.0)), []).append(parameter)
-    return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
+    return [{"params": params, "lr_scale": scale,
+             "weight_decay": weight_decay / scale if scale > 0 else 0.0}
+            for scale, params in groups.items()]
 
 
 def evaluate(model: nn.Module, data: Dataset, device: torch.device | str | None = None,

@@ -57,8 +57,9 @@ def test_training_learns_and_is_deterministic(tiny: nn.Module, synthetic):
 
 def test_lr_scales_multiply_each_named_parameters_learning_rate(tiny: nn.Module, synthetic,
                                                                  monkeypatch):
-    # Zero weight decay: a parameter whose lr is scaled by 0 must not move at all, and one
-    # scaled by 2 trains in its own group at twice the scheduled lr, decay included.
+    # A parameter whose step is scaled by 0 must not move at all; one scaled by 2 trains in
+    # its own group at twice the scheduled lr (decay milestones included) and half the weight
+    # decay, so it decays by lr * weight_decay per step like every other parameter.
     point = HyperParams(lr=0.02, batch_size=32, weight_decay=0.0, momentum=0.0)
     names = [name for name, p in tiny.named_parameters() if p.dim() >= 2]
     frozen, doubled = names[0], names[-1]
@@ -77,13 +78,18 @@ def test_lr_scales_multiply_each_named_parameters_learning_rate(tiny: nn.Module,
 
     monkeypatch.setattr(torch.optim, "SGD", Recorded)
     one = reinitialise(tiny, 1)
-    train_model(one, synthetic, point, 4, seed=0, lr_scales={doubled: 2.0})
+    decayed = HyperParams(lr=0.02, batch_size=32, weight_decay=1e-3, momentum=0.0)
+    train_model(one, synthetic, decayed, 4, seed=0, lr_scales={doubled: 2.0})
     (optimizer,) = optimizers
     target = dict(one.named_parameters())[doubled]
-    lrs = {any(p is target for p in g["params"]): g["lr"] for g in optimizer.param_groups}
+    group = {any(p is target for p in g["params"]): g for g in optimizer.param_groups}
     assert len(optimizer.param_groups) == 2
-    assert lrs[True] == pytest.approx(2 * lrs[False])
-    assert lrs[False] == pytest.approx(learning_rate(point, 3, 4))  # the schedule still applies
+    assert group[True]["lr"] == pytest.approx(2 * group[False]["lr"])
+    assert group[False]["lr"] == pytest.approx(learning_rate(decayed, 3, 4))  # the schedule
+    assert group[False]["weight_decay"] == pytest.approx(1e-3)
+    assert group[True]["weight_decay"] == pytest.approx(0.5e-3)
+    assert (group[True]["lr"] * group[True]["weight_decay"]
+            == pytest.approx(group[False]["lr"] * group[False]["weight_decay"]))
     with pytest.raises(FxPruneError, match="does not have: nowhere.weight"):
         train_model(reinitialise(tiny, 1), synthetic, point, 1, seed=0,
                     lr_scales={"nowhere.weight": 2.0})
