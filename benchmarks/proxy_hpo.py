@@ -45,6 +45,7 @@ from pathlib import Path
 
 from _common import add_hpo_network_args
 
+from hpo.config import PROXY_INITS, PROXY_LRS
 from hpo.report import ci_text, mean_ci
 
 
@@ -62,8 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ratio", type=float, default=0.85)
     parser.add_argument("--min-ratio", type=float, default=0.15)
     parser.add_argument("--scorer", default="synflow")
-    parser.add_argument("--proxy-init", default="fan-in", choices=["fan-in", "model"])
-    parser.add_argument("--proxy-lr", default="same", choices=["same", "fan-in"],
+    parser.add_argument("--proxy-init", default="fan-in", choices=PROXY_INITS)
+    parser.add_argument("--proxy-lr", default="same", choices=PROXY_LRS,
                         help="proxy trials' learning rate per layer (hpo run --proxy-lr)")
     parser.add_argument("--confirm", type=int, default=2,
                         help="also report the proxy arm whose K best sets train once on the "

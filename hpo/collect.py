@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hpo")
 
 
-
 def repeat_prefix(config: HpoConfig, repeat: int) -> str:
     """Stage names of repeat ``repeat``: unprefixed for a single repeat (the first
     release's layout), ``r<k>-`` otherwise."""

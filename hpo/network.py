@@ -223,5 +223,4 @@ def digest_of(config: HpoConfig) -> str:
 
 
 __all__ = ["NetworkFactory", "build_model", "fan_in", "fan_in_lr_scales", "load_data",
-           "network_factory",
-           "proxy_step_time", "rescale_to_fan_in"]
+           "network_factory", "proxy_step_time", "rescale_to_fan_in"]
