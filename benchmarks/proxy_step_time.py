@@ -53,14 +53,16 @@ def main() -> None:
     from hpo.network import load_data, network_factory
 
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device) if args.device else default_device()
     try:
+        device = torch.device(args.device) if args.device else default_device()
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda asked but torch sees no usable GPU here")
         batches = [int(b) for b in args.batches.split(",")]
         config = HpoConfig(model=args.model, data=args.data, data_dir=args.data_dir,
                            out="unused", threads=args.threads)
         data = load_data(config)
         factory = network_factory(config, data, "proxy")
-    except (FxPruneError, ValueError) as err:
+    except (FxPruneError, ValueError, RuntimeError) as err:  # RuntimeError: a bad --device
         sys.exit(f"error: {err}")
     info = factory.proxy_info
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
