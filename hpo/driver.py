@@ -339,11 +339,12 @@ class ProxyHpo:
             study.set_user_attr("step_time", step)
         if step["speedup"] < SLOW_PROXY_SPEEDUP:
             dense = step["dense"]
+            cause = ("; small networks on a GPU are bound by per-kernel overheads, not "
+                     "arithmetic" if str(dense["device"]).startswith("cuda") else "")
             logger.warning(
                 "the proxy's training step is only %.2fx faster than the base network's "
-                "(%s, batch %s): a proxy search will save little time on this device; small "
-                "networks on a GPU are bound by per-kernel overheads, not arithmetic (README, "
-                "HPO)", step["speedup"], dense["device"], dense["batch"])
+                "(%s, batch %s): a proxy search will save little time on this device%s "
+                "(README, HPO)", step["speedup"], dense["device"], dense["batch"], cause)
 
     def report(self, kind: str) -> HpoReport:
         from hpo.report import write_report

@@ -324,7 +324,7 @@ def test_compare_reports_time_gap_and_tau(make_config, monkeypatch):
         t.user_attrs["hyperparams"] for t in proxy]
 
 
-def _fake_step_time(speedup: float, seen: list[int], config: HpoConfig):
+def _fake_step_time(speedup: float, seen: list[int], config: HpoConfig, device: str = "cuda"):
     """A stand-in for ``proxy_step_time`` that records how many proxy trials existed."""
 
     def measure(config_, data):
@@ -332,28 +332,31 @@ def _fake_step_time(speedup: float, seen: list[int], config: HpoConfig):
         names = {s.study_name for s in optuna.get_all_study_summaries(driver.open_storage(config))}
         seen.append(len(load(config, name).get_trials()) if name in names else -1)
         stat = {"median_ms": 10.0}
-        return {"dense": {"device": "cuda", "batch": 32, "stat": stat},
-                "slim": {"device": "cuda", "batch": 32, "stat": {"median_ms": 10.0 / speedup}},
+        return {"dense": {"device": device, "batch": 32, "stat": stat},
+                "slim": {"device": device, "batch": 32, "stat": {"median_ms": 10.0 / speedup}},
                 "speedup": speedup, "speedup_ci": None, "verdict": "faster"}
 
     return measure
 
 
-@pytest.mark.parametrize("speedup, warned", [(1.08, True), (3.0, False)])
+@pytest.mark.parametrize("speedup, warned, device", [(1.08, True, "cuda"), (1.25, True, "cpu"),
+                                                    (3.0, False, "cuda")])
 def test_proxy_step_time_is_checked_before_the_search_and_warns_when_slow(
-        make_config, monkeypatch, caplog, speedup, warned):
+        make_config, monkeypatch, caplog, speedup, warned, device):
     # On an H200 a 28 px ResNet-20 proxy stepped only 1.08x faster than its base network:
     # a user should hear that before the search, not find it in the report afterwards.
     config = make_config(mode="proxy", trials=1, epochs=1, seeds=0)
     seen: list[int] = []
-    monkeypatch.setattr(driver, "proxy_step_time", _fake_step_time(speedup, seen, config))
+    monkeypatch.setattr(driver, "proxy_step_time", _fake_step_time(speedup, seen, config, device))
     with caplog.at_level("WARNING", logger="hpo"):
         report = driver.run(config)
     assert seen == [0]  # measured once, when the proxy study existed but no trial had run
     lines = [r.getMessage() for r in caplog.records if "faster than the base" in r.getMessage()]
     if warned:
-        assert len(lines) == 1 and "1.08x" in lines[0] and "cuda, batch 32" in lines[0]
+        assert len(lines) == 1 and f"{speedup:.2f}x" in lines[0] and f"{device}, batch 32" in lines[0]
         assert "\n" not in lines[0]
+        # the GPU explanation only where the device is a GPU
+        assert ("per-kernel overheads" in lines[0]) == (device == "cuda")
     else:
         assert lines == []
     assert report.proxy.step_time["speedup"] == speedup  # the report shows what was measured
