@@ -60,5 +60,15 @@ def record_heartbeat(study: optuna.Study, trial: Any) -> None:
     storage_of(study).record_heartbeat(trial_id(trial))
 
 
-__all__ = ["fail", "frozen", "has_heartbeat", "record_heartbeat", "set_user_attr", "storage_of",
+def copy_into(study: optuna.Study, target: optuna.Study) -> None:
+    """Copy ``study``'s system attributes and trials (states, values, attributes, times and
+    numbers kept) into the empty study ``target``, in any storage."""
+    source, storage = storage_of(study), storage_of(target)
+    for key, value in source.get_study_system_attrs(study_id(study)).items():
+        storage.set_study_system_attr(study_id(target), key, value)
+    for trial in study.get_trials(deepcopy=False):
+        storage.create_new_trial(study_id(target), template_trial=trial)
+
+
+__all__ = ["copy_into", "fail", "frozen", "has_heartbeat", "record_heartbeat", "set_user_attr", "storage_of",
            "study_id", "trial_id"]

@@ -102,7 +102,7 @@ def _config(**options: Any) -> Any:
     for key in ("data", "sampler", "pruner", "mode"):
         if isinstance(options.get(key), Enum):
             options[key] = options[key].value
-    for key in ("data_dir", "out"):
+    for key in ("data_dir", "out", "typical_from"):
         if options.get(key) is not None:
             options[key] = str(options[key])
     return HpoConfig(**options)
@@ -306,6 +306,10 @@ def compare(
     proxy_init: ProxyInitOpt = "fan-in",
     proxy_lr: ProxyLrOpt = "same",
     confirm: ConfirmOpt = 0,
+    typical_from: Annotated[Path | None, typer.Option(
+        help="A finished compare folder (same model, data, sampler, trials, epochs, seeds): "
+             "import its typical arm and search only the proxy, so two proxy variants are "
+             "compared against the same typical winners.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Typical vs proxy HPO: time saved, accuracy gap, Kendall's tau.
@@ -326,7 +330,8 @@ def compare(
                          seed=seed, image_size=image_size, kendall_k=kendall_k,
                          threads=threads, repeats=repeats, study_name=study_name,
                          train_size=train_size, eval_size=eval_size, heartbeat=heartbeat,
-                         proxy_init=proxy_init, proxy_lr=proxy_lr, confirm=confirm)
+                         proxy_init=proxy_init, proxy_lr=proxy_lr, confirm=confirm,
+                         typical_from=typical_from)
         with _progress(enabled=not quiet) as progress:
             report = driver.compare(config, progress)
     _finish(report, config.out, started)

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fxprune.errors import ConfigError
@@ -30,6 +31,7 @@ PROXY_LRS = ("same", "fan-in")
 FINAL_SEED_OFFSET = 1_000_000
 RANK_SEED_OFFSET = 2_000_000
 CONFIRM_SEED_OFFSET = 3_000_000
+CONFIG_FILE = "config.json"  # in a run folder: the command and its HpoConfig
 STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -68,6 +70,8 @@ class HpoConfig:
     # (validation split) and the best of them wins; 0 keeps the paper's method (the proxy's
     # best set is the winner). Its time is part of the proxy arm's search time.
     confirm: int = 0
+    # compare: a finished compare folder whose typical arm this one imports (hpo.reuse)
+    typical_from: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.space, dict):
@@ -198,5 +202,23 @@ def arm_seed(config: HpoConfig, repeat: int, arm: str) -> int:
     return int(digest([config.seed, repeat, arm, config.sampler]), 16) % 2**31
 
 
-__all__ = ["CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES", "PROXY_INITS", "PROXY_LRS", "RANK_SEED_OFFSET", "HpoConfig", "Job",
-           "ProgressCallback", "Snapshot", "arm_seed", "digest"]
+def load_run(out: str | Path, storage: str | None = None) -> tuple[HpoConfig, str]:
+    """The config and command ("run"/"compare") saved in a run folder."""
+    path = Path(out) / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        config = HpoConfig.from_dict({**saved["config"], "out": str(out)})
+    except FileNotFoundError:
+        raise ConfigError(f"{out} is not an HPO run folder (no {CONFIG_FILE})") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: unreadable ({err})") from None
+    if storage is not None:
+        config = config.replace(storage=storage)
+    elif config.storage is not None and "***" in config.storage:
+        raise ConfigError(f"{out} used the storage {config.storage}: pass --storage URL")
+    return config, str(saved.get("command", "run"))
+
+
+__all__ = ["CONFIG_FILE", "CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES", "PROXY_INITS",
+           "PROXY_LRS", "RANK_SEED_OFFSET", "HpoConfig", "Job", "ProgressCallback", "Snapshot",
+           "arm_seed", "digest", "load_run"]

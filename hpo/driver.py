@@ -59,6 +59,7 @@ from fxprune.errors import ConfigError, FxPruneError
 from hpo import worker
 from hpo.collect import best_trial, collect_report, repeat_prefix, top_trials
 from hpo.config import (
+    CONFIG_FILE,
     CONFIRM_SEED_OFFSET,
     MODES,
     RANK_SEED_OFFSET,
@@ -68,6 +69,7 @@ from hpo.config import (
     Snapshot,
     arm_seed,
     digest,
+    load_run,
 )
 from hpo.liveness import recover_stale, retry_failures, work_left
 from hpo.network import NetworkFactory, load_data, network_factory, proxy_step_time
@@ -90,7 +92,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hpo")
 
-CONFIG_FILE = "config.json"
 # Below this speed-up of the proxy's training step over the base network's, on the device
 # that trains, a proxy search saves at most a third of the search's training time (before
 # pruning and confirmation are paid): the run warns. Measured on an H200: a 28 px ResNet-20
@@ -270,6 +271,9 @@ class ProxyHpo:
         """``typical``/``proxy``: search, write best.json, train the base network with the
         best set over ``seeds`` seeds (base_model.pt); ``final``: only that last step."""
         config = self.config
+        if config.typical_from:
+            raise ConfigError("--typical-from imports a compare's typical arm: use it with "
+                              "compare")
         if config.mode == "final":
             self._start("run")
             source, hyperparams = read_best(self.out)
@@ -298,7 +302,11 @@ class ProxyHpo:
             raise ConfigError("compare trains each winner on the base network: --seeds must "
                               "be >= 1")
         self.validate(("base", "proxy"))
+        if config.typical_from:
+            self.import_typical(check_only=True)
         self._start("compare")
+        if config.typical_from:
+            self.import_typical()
         winners: dict[str, Any] = {}
         for repeat in range(config.repeats):
             arms = ("typical", "proxy") if repeat % 2 == 0 else ("proxy", "typical")
@@ -326,6 +334,22 @@ class ProxyHpo:
                 for job in self.rank_jobs(repeat):
                     self.run_job(job)
         return self.report("compare")
+
+    def import_typical(self, check_only: bool = False) -> None:
+        """``--typical-from``: check (before anything is stored), then copy the source's
+        typical arm into this run under the claim lock (``hpo.reuse``)."""
+        from hpo.reuse import import_studies, plan_import
+
+        fingerprint = self.config.fingerprint("base", load_data(self.config).fingerprint())
+        if check_only:
+            plan_import(self.config, fingerprint)
+            return
+        with claim_lock(self.config):
+            storage, plan = plan_import(self.config, fingerprint)
+            copied = import_studies(self.config, storage, plan)
+        if copied:
+            logger.info("imported %d studies of the typical arm from %s", copied,
+                        self.config.typical_from)
 
     def check_step_time(self, study: optuna.Study) -> None:
         """Before the first proxy search trains (no arm's clock runs yet), once per run: the
@@ -400,23 +424,6 @@ def read_best(out: Path) -> tuple[str, HyperParams]:
     if not isinstance(data, dict) or not isinstance(data.get("hyperparams"), dict):
         raise ConfigError(f"{path}: expected {{'mode': ..., 'hyperparams': {{...}}}}")
     return str(data.get("mode", "proxy")), HyperParams.from_dict(data["hyperparams"])
-
-
-def load_run(out: str | Path, storage: str | None = None) -> tuple[HpoConfig, str]:
-    """The config and command ("run"/"compare") saved in a run folder."""
-    path = Path(out) / CONFIG_FILE
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        config = HpoConfig.from_dict({**saved["config"], "out": str(out)})
-    except FileNotFoundError:
-        raise ConfigError(f"{out} is not an HPO run folder (no {CONFIG_FILE})") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{path}: unreadable ({err})") from None
-    if storage is not None:
-        config = config.replace(storage=storage)
-    elif config.storage is not None and "***" in config.storage:
-        raise ConfigError(f"{out} used the storage {config.storage}: pass --storage URL")
-    return config, str(saved.get("command", "run"))
 
 
 __all__ = [

@@ -378,6 +378,9 @@ def render_report(report: HpoReport) -> Any:
     header.add_row("trials", str(config.get("trials")), "epochs", str(config.get("epochs")))
     header.add_row("seed", str(config.get("seed")), "final seeds", str(config.get("seeds")))
     parts.append(header)
+    if config.get("typical_from"):  # hpo.reuse
+        parts.append(f"typical arm imported from {config['typical_from']} (its times as "
+                     "measured there)")
 
     studies = Table(title="HPO studies", title_justify="left")
     for column in ("study", "trains", "complete", "pruned", "fail", "best val acc", "wall span",
@@ -579,22 +582,7 @@ def plot_proxy_vs_base(rank: RankSummary, path: Path) -> Path:
     return _save_figure(figure, path)
 
 
-__all__ = [
-    "ARMS",
-    "BEST_FILE",
-    "REPORT_FILE",
-    "FinalSummary",
-    "HpoReport",
-    "ProxyInfo",
-    "RankSummary",
-    "RepeatSummary",
-    "StudySummary",
-    "TrialRecord",
-    "atomic_write",
-    "atomic_write_json",
-    "ci_text",
-    "mean_ci",
-    "read_report",
-    "render_report",
-    "write_report",
-]
+__all__ = ["ARMS", "BEST_FILE", "REPORT_FILE", "FinalSummary", "HpoReport", "ProxyInfo",
+           "RankSummary", "RepeatSummary", "StudySummary", "TrialRecord", "atomic_write",
+           "atomic_write_json", "ci_text", "mean_ci", "read_report", "render_report",
+           "write_report"]
