@@ -31,6 +31,11 @@ session; start the run with ``setsid`` and ``echo -10 > /proc/PID/autogroup`` in
 
     .venv/bin/python benchmarks/proxy_hpo.py
     .venv/bin/python benchmarks/proxy_hpo.py --samplers tpe --repeats 5 --train-size 5000
+    .venv/bin/python benchmarks/proxy_hpo.py --samplers tpe --out runs/a
+    .venv/bin/python benchmarks/proxy_hpo.py --samplers tpe --proxy-lr fan-in --typical-from runs/a
+
+The last command measures a proxy variant against the first run's typical arm: paired, at
+about half the cost.
 """
 
 from __future__ import annotations
@@ -73,6 +78,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--train-size", type=int, default=3000)
     parser.add_argument("--eval-size", type=int, default=1000)
+    parser.add_argument("--typical-from", type=Path, default=None, metavar="FOLDER",
+                        help="an earlier run of this benchmark (its --out) with the same "
+                             "budget: import each sampler's typical arm, search only the "
+                             "proxy, and print the gap change paired on the same typical "
+                             "winners (hpo compare --typical-from)")
     parser.add_argument("--summarise", type=Path, nargs="+", default=None, metavar="FOLDER",
                         help="only print the results of earlier runs (their --out), pooled")
     parser.add_argument("--out", type=Path, default=None,
@@ -178,6 +188,7 @@ def main() -> None:
             kendall_k=args.kendall_k, threads=args.threads, image_size=args.image_size,
             train_size=args.train_size, eval_size=args.eval_size, repeats=args.repeats,
             proxy_init=args.proxy_init, proxy_lr=args.proxy_lr, confirm=args.confirm,
+            typical_from=None if args.typical_from is None else str(args.typical_from / sampler),
         )
         load_before = load_average()
         start = time.perf_counter()
@@ -185,6 +196,8 @@ def main() -> None:
         result = print_sampler(sampler, report, time.perf_counter() - start)
         result["load_average"] = {"before": load_before, "after": load_average()}
         print(f"load average (1, 5, 15 min) before {load_before}, after {load_average()}")
+        if args.typical_from is not None:
+            result["paired"] = print_paired(result, args.typical_from)
         results.append(result)
         (parent / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     if len(results) > 1:
@@ -215,6 +228,30 @@ def print_pooled(results: list[dict]) -> dict:
         print(f"confirm - proxy, paired on the same searches: {ci_text(mean_ci(paired))} pp "
               f"(n={len(paired)}; confirmation changed the winner in {changed})")
     return pooled
+
+
+def print_paired(result: dict, source: Path) -> dict:
+    """With ``--typical-from``: per arm, this run's gap minus the source run's, repeat by
+    repeat (the same typical winner and final seeds, so only the proxy variant differs).
+    Time reductions are not compared: the typical arm's time was measured in that run."""
+    try:
+        earlier = next(r for r in json.loads((source / "benchmark.json").read_text())
+                       if r["sampler"] == result["sampler"])
+    except (OSError, ValueError, StopIteration):
+        print(f"paired: no {result['sampler']} result in {source / 'benchmark.json'}")
+        return {}
+    before = {r["repeat"]: r for r in earlier["repeats"]}
+    paired = {}
+    for arm, (gap_key, _) in ARM_STATISTICS.items():
+        diffs = [r[gap_key] - before[r["repeat"]][gap_key] for r in result["repeats"]
+                 if r.get(gap_key) is not None and before.get(r["repeat"], {}).get(gap_key)
+                 is not None]
+        if diffs:
+            paired[arm] = mean_ci(diffs)
+            print(f"{arm}: gap change against {source} (paired, same typical winners): "
+                  f"{ci_text(paired[arm])} pp (n={len(diffs)}; better in "
+                  f"{sum(d > 0 for d in diffs)}, worse in {sum(d < 0 for d in diffs)})")
+    return paired
 
 
 def _within(gap: dict, margin: float = 0.5) -> str:
