@@ -178,9 +178,7 @@ def main() -> None:
           f"{args.trials} trials x {args.epochs} epochs per search, {args.repeats} repeats, "
           f"{args.seeds} final seeds, K={args.kendall_k}; proxy = {args.scorer} ratio "
           f"{args.ratio}, min-ratio {args.min_ratio}, init {args.proxy_init}, lr {args.proxy_lr}")
-    results = []
-    for sampler in args.samplers.split(","):
-        config = HpoConfig(
+    configs = {sampler: HpoConfig(
             model=args.model, data=args.data, data_dir=args.data_dir,
             out=str(parent / sampler), sampler=sampler, pruner=args.pruner,
             trials=args.trials, epochs=args.epochs, seeds=args.seeds, seed=args.seed,
@@ -189,7 +187,11 @@ def main() -> None:
             train_size=args.train_size, eval_size=args.eval_size, repeats=args.repeats,
             proxy_init=args.proxy_init, proxy_lr=args.proxy_lr, confirm=args.confirm,
             typical_from=None if args.typical_from is None else str(args.typical_from / sampler),
-        )
+        ) for sampler in args.samplers.split(",")}
+    if args.typical_from is not None:  # every sampler's source, before the first one runs
+        check_sources(configs.values())
+    results = []
+    for sampler, config in configs.items():
         load_before = load_average()
         start = time.perf_counter()
         report = compare(config, PlainProgress(sys.stdout))  # one line per epoch and trial
@@ -228,6 +230,18 @@ def print_pooled(results: list[dict]) -> dict:
         print(f"confirm - proxy, paired on the same searches: {ci_text(mean_ci(paired))} pp "
               f"(n={len(paired)}; confirmation changed the winner in {changed})")
     return pooled
+
+
+def check_sources(configs) -> None:
+    """``--typical-from``: one line and exit 2 if a sampler's source cannot be imported."""
+    from fxprune.errors import FxPruneError
+    from hpo.reuse import plan_import
+
+    for config in configs:
+        try:
+            plan_import(config, target=False)
+        except FxPruneError as err:
+            sys.exit(f"error: {err}")
 
 
 def print_paired(result: dict, source: Path) -> dict:

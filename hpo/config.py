@@ -208,8 +208,10 @@ def load_run(out: str | Path, storage: str | None = None) -> tuple[HpoConfig, st
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         config = HpoConfig.from_dict({**saved["config"], "out": str(out)})
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{out} is not an HPO run folder (no {CONFIG_FILE})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: unreadable ({err})") from None
     if storage is not None:

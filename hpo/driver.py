@@ -302,6 +302,9 @@ class ProxyHpo:
             raise ConfigError("compare trains each winner on the base network: --seeds must "
                               "be >= 1")
         self.validate(("base", "proxy"))
+        if not config.typical_from:  # resumed without it: the import stays (and is reported)
+            config = self.config = config.replace(typical_from=saved_option(
+                self.out, "typical_from"))
         if config.typical_from:
             self.import_typical(check_only=True)
         self._start("compare")
@@ -341,12 +344,12 @@ class ProxyHpo:
         from hpo.reuse import import_studies, plan_import
 
         fingerprint = self.config.fingerprint("base", load_data(self.config).fingerprint())
-        if check_only:
-            plan_import(self.config, fingerprint)
+        if check_only:  # a database is not even opened (created) before the run starts
+            plan_import(self.config, fingerprint, target=self.config.storage is None)
             return
         with claim_lock(self.config):
             storage, plan = plan_import(self.config, fingerprint)
-            copied = import_studies(self.config, storage, plan)
+            copied = import_studies(self.config, storage, plan) if plan else 0
         if copied:
             logger.info("imported %d studies of the typical arm from %s", copied,
                         self.config.typical_from)
@@ -376,6 +379,14 @@ class ProxyHpo:
         result = collect_report(self.config, kind)
         write_report(result, self.out)
         return result
+
+
+def saved_option(out: Path, key: str) -> Any:
+    """Option ``key`` as saved in run folder ``out`` (None if there is none)."""
+    try:
+        return json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["config"].get(key)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _storage_failures_as_one_line(config: HpoConfig, action: Any) -> Any:

@@ -172,13 +172,19 @@ def retire_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why
                    trial.number, study.study_name, why)
 
 
-def retry_failures(study: optuna.Study) -> int:
-    """Queue again, once, every trial that FAILED in an earlier run (see module doc)."""
+def retryable_failures(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that FAILED (not interrupted) and were not retried yet: the next run
+    queues them again."""
     from optuna.trial import TrialState
 
     retried = retried_numbers(study)
-    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-              if not is_interrupted(t, retried) and int(t.user_attrs.get("retries", 0)) < 1]
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if not is_interrupted(t, retried) and int(t.user_attrs.get("retries", 0)) < 1]
+
+
+def retry_failures(study: optuna.Study) -> int:
+    """Queue again, once, every trial that FAILED in an earlier run (see module doc)."""
+    failed = retryable_failures(study)
     for trial in failed:
         study.set_user_attr(f"{RETRIED_PREFIX}{trial.number}", trial.user_attrs.get("reason"))
         _requeue(study, trial)
@@ -284,4 +290,4 @@ def release(trial: Any) -> None:
 __all__ = ["INTERRUPTED", "INTERRUPTED_PREFIX", "Heartbeat", "beat", "claim",
            "counts_toward_budget", "finished", "host_name", "interruption", "is_interrupted",
            "owner_alive", "recover_stale", "release", "retire_interrupted", "retried_numbers",
-           "retry_failures", "running", "work_left"]
+           "retry_failures", "retryable_failures", "running", "work_left"]

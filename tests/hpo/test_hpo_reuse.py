@@ -3,6 +3,7 @@ arm, imported (never retrained), checked before anything is stored, and safe to 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -78,18 +79,99 @@ def test_the_typical_arm_is_imported_and_only_the_proxy_arm_trains(first, tmp_pa
     assert len(roles) == trained and again.repeats == after.repeats
 
 
-def test_a_copy_cut_short_is_redone(first, tmp_path):
+def test_a_copy_cut_short_is_redone(first, tmp_path, monkeypatch):
     source, before = first
     config = source.replace(out=str(tmp_path / "second"), repeats=1, kendall_k=0,
                             typical_from=source.out)
-    driver.compare(config)
-    study = _studies(config)["typical"]  # one repeat: the first release's names
-    study.set_user_attr(PENDING, True)  # as if killed while copying
+    import hpo._optuna
+
+    original = hpo._optuna.copy_into
+
+    def killed(study, target):  # half the trials, then the process dies
+        for trial in study.get_trials(deepcopy=False)[:1]:
+            hpo._optuna.storage_of(target).create_new_trial(hpo._optuna.study_id(target),
+                                                            template_trial=trial)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hpo._optuna, "copy_into", killed)
+    with pytest.raises(KeyboardInterrupt):
+        driver.compare(config)
+    monkeypatch.setattr(hpo._optuna, "copy_into", original)
+    assert len(_studies(config)) == 1  # the first study copied, cut short
     report = driver.compare(config)
-    study = _studies(config)["typical"]
-    assert study.user_attrs[PENDING] is False
-    assert [t.value for t in report.study("typical").trials] == [
+    studies = _studies(config)
+    assert not any(s.user_attrs.get(PENDING) for s in studies.values())
+    assert [(t.number, t.value) for t in report.study("typical").trials] == [
+        (t.number, t.value) for t in before.study("r0-typical").trials]
+    assert report.repeats[0].test_accuracy["typical"] == before.repeats[0].test_accuracy["typical"]
+    assert (Path(config.out) / "base_model_typical.pt").is_file()
+
+
+def test_an_empty_study_left_by_a_kill_before_the_mark_is_redone(first, tmp_path):
+    source, before = first
+    config = source.replace(out=str(tmp_path / "second"), kendall_k=0, typical_from=source.out)
+    optuna.create_study(study_name="r0-typical", storage=driver.open_storage(config))
+    report = driver.compare(config)
+    assert [t.value for t in report.study("r0-typical").trials] == [
         t.value for t in before.study("r0-typical").trials]
+
+
+def test_a_moved_source_is_not_needed_once_imported_and_a_resume_keeps_the_note(first,
+                                                                               tmp_path,
+                                                                               caplog):
+    source, _ = first
+    config = source.replace(out=str(tmp_path / "second"), typical_from=source.out)
+    first_report = driver.compare(config)
+    Path(source.out).rename(tmp_path / "archived")
+    with caplog.at_level("WARNING", logger="hpo"):
+        again = driver.compare(config.replace(typical_from=None))  # resumed without it
+    assert again.repeats == first_report.repeats
+    assert again.config["typical_from"] == source.out  # still reported
+    assert any("already imported here" in r.getMessage() for r in caplog.records)
+
+
+def _edit_source_study(config, name, edit) -> None:
+    edit(optuna.load_study(study_name=name, storage=driver.open_storage(config)))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: s.set_user_attr("fingerprint", {"epochs": 99}), "was run with other options"),
+    (lambda s: s.enqueue_trial({}), "has queued trials"),
+    (lambda s: s.set_user_attr("budget", 99), "has run 3 of its 99 trials"),
+    (lambda s: s.tell(s.ask(), state=optuna.trial.TrialState.FAIL),
+     "failed trial(s) that its next run retries"),
+])
+def test_an_unfinished_or_different_typical_search_is_refused(first, tmp_path, edit, match):
+    source, _ = first
+    _edit_source_study(source, "r1-typical", edit)
+    config = source.replace(out=str(tmp_path / "second"), typical_from=source.out)
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        driver.compare(config)
+    assert not (tmp_path / "second").exists()
+
+
+def test_study_names_in_a_shared_database(make_config, tmp_path):
+    """Several experiments in one database: only the source's --study-name is imported,
+    under this run's, and an unprefixed run there is neither taken nor confused with it."""
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    source = make_config(trials=3, epochs=1, seeds=1, storage=database, study_name="X",
+                         out=str(tmp_path / "x"))
+    before = driver.compare(source)
+    other = make_config(mode="typical", sampler="tpe", trials=4, epochs=1, seeds=1,
+                        storage=database, out=str(tmp_path / "plain"))
+    driver.run(other)  # studies "typical", "final-typical-..." without a prefix
+    target = source.replace(study_name="Y", out=str(tmp_path / "y"), typical_from=source.out)
+    after = driver.compare(target)
+    assert after.repeats[0].winners["typical"] == before.repeats[0].winners["typical"]
+    assert after.repeats[0].test_accuracy["typical"] == before.repeats[0].test_accuracy["typical"]
+    names = set(_studies(target))
+    assert {"Y:typical", "Y:proxy"} <= names
+    unprefixed = source.replace(study_name=None, out=str(tmp_path / "z"),
+                                typical_from=source.out)
+    with pytest.raises(ConfigError, match="is this run's own, not imported; use another "
+                                          "--study-name"):
+        driver.compare(unprefixed)  # the plain run's typical search already has that name
+    driver.compare(target)  # resumes
 
 
 @pytest.mark.parametrize("change, match", [
