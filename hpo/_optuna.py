@@ -60,6 +60,41 @@ def record_heartbeat(study: optuna.Study, trial: Any) -> None:
     storage_of(study).record_heartbeat(trial_id(trial))
 
 
+def shared_bracket_hyperband(key: str, **settings: Any) -> optuna.pruners.HyperbandPruner:
+    """Optuna's ``HyperbandPruner`` with one change: a trial's bracket is drawn from
+    ``key`` and its number instead of the study's NAME and its number. With the name, the
+    two arms of a compare ("typical", "proxy") got different bracket mixes: at 20 trials x
+    5 epochs, 17 of "typical"'s 20 trials fell in the aggressive bracket against 12 of
+    "proxy"'s, so the typical search ran ~20% fewer epochs in every single-repeat compare.
+    Arms that share ``key`` share their brackets trial by trial. Overrides the private
+    ``_get_bracket_id`` (same arithmetic, other hash input)."""
+    import binascii
+
+    import optuna
+
+    class SharedBracketHyperband(optuna.pruners.HyperbandPruner):
+        def _get_bracket_id(self, study: Any, trial: Any) -> int:
+            if len(self._pruners) == 0:
+                return 0
+            n = binascii.crc32(f"{key}_{trial.number}".encode()) % \
+                self._total_trial_allocation_budget
+            for bracket_id in range(self._n_brackets):
+                n -= self._trial_allocation_budgets[bracket_id]
+                if n < 0:
+                    return bracket_id
+            raise AssertionError("unreachable: the budgets add up to the total")
+
+    return SharedBracketHyperband(**settings)
+
+
+def bracket_id(pruner: optuna.pruners.HyperbandPruner, study: optuna.Study,
+               trial: optuna.trial.FrozenTrial) -> int:
+    """The bracket ``pruner`` puts ``trial`` of ``study`` in (initialising it if needed)."""
+    if not pruner._pruners:  # Optuna's initialisation appends: run it once
+        pruner._try_initialization(study)
+    return pruner._get_bracket_id(study, trial)
+
+
 def copy_into(study: optuna.Study, target: optuna.Study) -> None:
     """Copy ``study``'s system attributes and trials (states, values, attributes, times and
     numbers kept) into the empty study ``target``, in any storage."""
@@ -70,5 +105,5 @@ def copy_into(study: optuna.Study, target: optuna.Study) -> None:
         storage.create_new_trial(study_id(target), template_trial=trial)
 
 
-__all__ = ["copy_into", "fail", "frozen", "has_heartbeat", "record_heartbeat", "set_user_attr", "storage_of",
-           "study_id", "trial_id"]
+__all__ = ["bracket_id", "copy_into", "fail", "frozen", "has_heartbeat", "record_heartbeat",
+           "set_user_attr", "shared_bracket_hyperband", "storage_of", "study_id", "trial_id"]

@@ -32,6 +32,7 @@ FINAL_SEED_OFFSET = 1_000_000
 RANK_SEED_OFFSET = 2_000_000
 CONFIRM_SEED_OFFSET = 3_000_000
 CONFIG_FILE = "config.json"  # in a run folder: the command and its HpoConfig
+BRACKET_KEY = "bracket_key"  # search study user attr: Job.bracket_key, kept for resumes
 STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -156,6 +157,8 @@ class Job:
     save_models: bool = False
     source: str | None = None  # for finals: the study whose best set is trained
     sampler_seed: int = 0  # searches: the repeat's seed for this arm
+    # searches: Hyperband's brackets are drawn from this and the trial number (hpo.registry)
+    bracket_key: str | None = None
 
     @property
     def eval_split(self) -> str:
@@ -221,6 +224,6 @@ def load_run(out: str | Path, storage: str | None = None) -> tuple[HpoConfig, st
     return config, str(saved.get("command", "run"))
 
 
-__all__ = ["CONFIG_FILE", "CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES", "PROXY_INITS",
-           "PROXY_LRS", "RANK_SEED_OFFSET", "HpoConfig", "Job", "ProgressCallback", "Snapshot",
-           "arm_seed", "digest", "load_run"]
+__all__ = ["BRACKET_KEY", "CONFIG_FILE", "CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES",
+           "PROXY_INITS", "PROXY_LRS", "RANK_SEED_OFFSET", "HpoConfig", "Job", "ProgressCallback",
+           "Snapshot", "arm_seed", "digest", "load_run"]

@@ -59,6 +59,7 @@ from fxprune.errors import ConfigError, FxPruneError
 from hpo import worker
 from hpo.collect import best_trial, collect_report, repeat_prefix, top_trials
 from hpo.config import (
+    BRACKET_KEY,
     CONFIG_FILE,
     CONFIRM_SEED_OFFSET,
     MODES,
@@ -143,7 +144,7 @@ class ProxyHpo:
         seed = self.config.seed if repeat is None else arm_seed(self.config, repeat, mode)
         return Job(name=self.config.study(f"{stage}{mode}"), kind="search",
                    role="proxy" if mode == "proxy" else "base", budget=self.config.trials,
-                   sampler_seed=seed)
+                   sampler_seed=seed, bracket_key=f"seed{self.config.seed}-repeat{repeat or 0}")
 
     def final_job(self, source: str, hyperparams: HyperParams) -> Job:
         planned = tuple({"plan_key": f"seed{s}", "seed": s, "hyperparams": hyperparams.to_dict()}
@@ -199,6 +200,8 @@ class ProxyHpo:
                 study.set_user_attr("kind", job.kind)
                 if job.source is not None:
                     study.set_user_attr("source", job.source)
+                if job.bracket_key is not None:  # kept: a resume draws the same brackets
+                    study.set_user_attr(BRACKET_KEY, job.bracket_key)
             elif stored != fingerprint:
                 changed = sorted(k for k in set(stored) | set(fingerprint)
                                  if stored.get(k) != fingerprint.get(k))

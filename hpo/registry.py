@@ -11,6 +11,9 @@ Hyperband and the sampler
     halving; the sampler sees every trial) below 20 trials, two brackets below 60 and three
     from 60 on (``hyperband_settings``); the samplers' start-up phase is
     ``min(10, max(3, trials // 10))`` trials. With fewer than 2 epochs nothing is pruned.
+    A trial's bracket is drawn from the search's bracket key (``Job.bracket_key``: the
+    seed and repeat, shared by a compare's two arms) and the trial's number, not from the
+    study's name, so both arms get the same bracket mix (``hpo._optuna``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "tinyimag
             "synthetic")
 
 SamplerFactory = Callable[[int, int], "optuna.samplers.BaseSampler"]  # (seed, trials)
-PrunerFactory = Callable[[int, int], "optuna.pruners.BasePruner"]  # (trials, epochs)
+# (trials, epochs, bracket key: searches sharing it share Hyperband's brackets; None: by name)
+PrunerFactory = Callable[[int, int, "str | None"], "optuna.pruners.BasePruner"]
 SAMPLERS: dict[str, SamplerFactory] = {}
 PRUNERS: dict[str, PrunerFactory] = {}
 
@@ -95,18 +99,21 @@ def hyperband_settings(trials: int, epochs: int) -> dict[str, int]:
 
 
 @register(PRUNERS, "hyperband")
-def _hyperband(trials: int, epochs: int) -> optuna.pruners.BasePruner:
+def _hyperband(trials: int, epochs: int, key: str | None = None) -> optuna.pruners.BasePruner:
     import optuna
 
+    from hpo._optuna import shared_bracket_hyperband
+
     settings = hyperband_settings(trials, epochs)
-    return optuna.pruners.HyperbandPruner(
-        min_resource=settings["min_resource"], max_resource=epochs,
-        reduction_factor=settings["reduction_factor"],
-    )
+    options = {"min_resource": settings["min_resource"], "max_resource": epochs,
+               "reduction_factor": settings["reduction_factor"]}
+    if key is None:  # a study made before bracket keys: Optuna's own draw, by study name
+        return optuna.pruners.HyperbandPruner(**options)
+    return shared_bracket_hyperband(key, **options)
 
 
 @register(PRUNERS, "median")
-def _median(trials: int, epochs: int) -> optuna.pruners.BasePruner:
+def _median(trials: int, epochs: int, key: str | None = None) -> optuna.pruners.BasePruner:
     import optuna
 
     return optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, trials // 5)),
@@ -114,7 +121,7 @@ def _median(trials: int, epochs: int) -> optuna.pruners.BasePruner:
 
 
 @register(PRUNERS, "none")
-def _no_pruner(trials: int, epochs: int) -> optuna.pruners.BasePruner:
+def _no_pruner(trials: int, epochs: int, key: str | None = None) -> optuna.pruners.BasePruner:
     import optuna
 
     return optuna.pruners.NopPruner()

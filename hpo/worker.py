@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from fxprune.errors import FxPruneError
 from hpo import _optuna, liveness
-from hpo.config import HpoConfig, Job, ProgressCallback, Snapshot
+from hpo.config import BRACKET_KEY, HpoConfig, Job, ProgressCallback, Snapshot
 from hpo.network import load_data, network_factory
 from hpo.registry import PRUNERS
 from hpo.report import atomic_write
@@ -195,8 +195,10 @@ def work(config: HpoConfig, job: Job, progress: ProgressCallback | None = None,
     quiet_optuna()
     # Planned trials are never pruned, and a one-epoch run has nothing to stop early.
     prunes = job.kind == "search" and config.epochs >= 2
-    pruner = PRUNERS[config.pruner if prunes else "none"](config.trials, config.epochs)
-    study = optuna.load_study(study_name=job.name, storage=open_storage(config), pruner=pruner)
+    storage = open_storage(config)
+    key = optuna.load_study(study_name=job.name, storage=storage).user_attrs.get(BRACKET_KEY)
+    pruner = PRUNERS[config.pruner if prunes else "none"](config.trials, config.epochs, key)
+    study = optuna.load_study(study_name=job.name, storage=storage, pruner=pruner)
     runner: TrialRunner | None = None
     while True:
         if parent is not None and os.getppid() != parent:

@@ -21,7 +21,7 @@ from rich.console import Console
 import hpo.network
 import hpo.train
 from fxprune.errors import ConfigError, FxPruneError
-from hpo import driver
+from hpo import _optuna, driver, worker
 from hpo.driver import HpoConfig, NetworkFactory, hyperband_settings
 from hpo.space import SearchSpace
 
@@ -410,3 +410,46 @@ def test_package_exports():
     for name in hpo.__all__:
         assert getattr(hpo, name) is not None
     assert hpo.HpoConfig is HpoConfig
+
+
+def _brackets(pruner, study, trials: int = 20) -> list[int]:
+    from types import SimpleNamespace
+
+    return [_optuna.bracket_id(pruner, study, SimpleNamespace(number=n)) for n in range(trials)]
+
+
+def test_both_arms_of_a_repeat_share_hyperbands_brackets():
+    # Optuna draws a trial's bracket from the study NAME: at 20 trials x 5 epochs "typical"
+    # put 17 of 20 trials in the aggressive bracket and "proxy" 12, so every single-repeat
+    # compare pruned its typical search harder (about 20% fewer epochs).
+    study = optuna.create_study(direction="maximize")
+    by_name = {}
+    for name in ("typical", "proxy"):
+        pruner = driver.PRUNERS["hyperband"](20, 5, None)
+        study_named = optuna.create_study(study_name=name, direction="maximize")
+        by_name[name] = _brackets(pruner, study_named)
+    assert by_name["typical"] != by_name["proxy"]
+    assert by_name["typical"].count(0) == 17 and by_name["proxy"].count(0) == 12
+    shared = [_brackets(driver.PRUNERS["hyperband"](20, 5, "seed0-repeat0"), study)
+              for _ in range(2)]
+    assert shared[0] == shared[1] and set(shared[0]) == {0, 1}
+    assert _brackets(driver.PRUNERS["hyperband"](20, 5, "seed0-repeat1"), study) != shared[0]
+
+
+def test_compare_searches_get_the_repeats_bracket_key(make_config, monkeypatch):
+    passed: list[str | None] = []
+    real = worker.PRUNERS["hyperband"]
+
+    def spy(trials, epochs, key=None):
+        passed.append(key)
+        return real(trials, epochs, key)
+
+    monkeypatch.setitem(worker.PRUNERS, "hyperband", spy)
+    config = make_config(pruner="hyperband", trials=2, epochs=2, seeds=1, repeats=2)
+    driver.compare(config)
+    # one worker per search; planned stages (finals) are never pruned
+    assert sorted(passed) == ["seed0-repeat0"] * 2 + ["seed0-repeat1"] * 2
+    stored = {name: load(config, name).user_attrs.get("bracket_key")
+              for name in ("r0-typical", "r0-proxy", "r1-typical", "r1-proxy")}
+    assert stored == {"r0-typical": "seed0-repeat0", "r0-proxy": "seed0-repeat0",
+                      "r1-typical": "seed0-repeat1", "r1-proxy": "seed0-repeat1"}
