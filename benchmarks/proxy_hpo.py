@@ -214,7 +214,7 @@ def print_pooled(results: list[dict]) -> dict:
     repeats = [r for result in results for r in result["repeats"]]
     pooled = {key: mean_ci([r.get(key) for r in repeats])
               for keys in ARM_STATISTICS.values() for key in keys}
-    names = "+".join(result["sampler"] for result in results)
+    names = "+".join(dict.fromkeys(result["sampler"] for result in results))
     print(f"\n== pooled over {names}: {len(repeats)} repeats ==")
     goal_lines(pooled)
     for arm, (gap_key, _) in ARM_STATISTICS.items():  # robust to one search that failed outright
