@@ -33,6 +33,9 @@ RANK_SEED_OFFSET = 2_000_000
 CONFIRM_SEED_OFFSET = 3_000_000
 CONFIG_FILE = "config.json"  # in a run folder: the command and its HpoConfig
 BRACKET_KEY = "bracket_key"  # search study user attr: Job.bracket_key, kept for resumes
+# The options (besides the data digest and the space) every study's results depend on.
+BASE_FINGERPRINT_KEYS = ("model", "data", "image_size", "epochs", "seed", "train_size",
+                         "eval_size")
 STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -126,8 +129,7 @@ class HpoConfig:
     def fingerprint(self, role: str, data_digest: str | None = None) -> dict[str, Any]:
         """The options a study's results depend on: resuming with others is refused. The
         data enters by its content digest, not its path (machines mount it differently)."""
-        keys = ["model", "data", "image_size", "epochs", "seed", "train_size", "eval_size"]
-        data = {k: getattr(self, k) for k in keys}
+        data = {k: getattr(self, k) for k in BASE_FINGERPRINT_KEYS}
         data["data_digest"] = data_digest
         data["space"] = self.space.to_dict()
         if role == "proxy":
@@ -224,6 +226,14 @@ def load_run(out: str | Path, storage: str | None = None) -> tuple[HpoConfig, st
     return config, str(saved.get("command", "run"))
 
 
-__all__ = ["BRACKET_KEY", "CONFIG_FILE", "CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES",
+
+def saved_option(out: Path, key: str) -> Any:
+    """Option ``key`` as saved in run folder ``out`` (None if there is none)."""
+    try:
+        return json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["config"].get(key)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+__all__ = ["BASE_FINGERPRINT_KEYS", "BRACKET_KEY", "CONFIG_FILE", "CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES",
            "PROXY_INITS", "PROXY_LRS", "RANK_SEED_OFFSET", "HpoConfig", "Job", "ProgressCallback",
-           "Snapshot", "arm_seed", "digest", "load_run"]
+           "Snapshot", "arm_seed", "digest", "load_run", "saved_option"]

@@ -71,6 +71,7 @@ from hpo.config import (
     arm_seed,
     digest,
     load_run,
+    saved_option,
 )
 from hpo.liveness import recover_stale, retry_failures, work_left
 from hpo.network import NetworkFactory, load_data, network_factory, proxy_step_time
@@ -382,14 +383,6 @@ class ProxyHpo:
         result = collect_report(self.config, kind)
         write_report(result, self.out)
         return result
-
-
-def saved_option(out: Path, key: str) -> Any:
-    """Option ``key`` as saved in run folder ``out`` (None if there is none)."""
-    try:
-        return json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["config"].get(key)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def _storage_failures_as_one_line(config: HpoConfig, action: Any) -> Any:

@@ -27,7 +27,6 @@ typical arm came from).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -37,14 +36,14 @@ from typing import Any
 from fxprune.errors import ConfigError
 from fxprune.io import atomic_path
 from hpo.collect import repeat_prefix
-from hpo.config import CONFIG_FILE, HpoConfig, digest, load_run
+from hpo.config import BASE_FINGERPRINT_KEYS, HpoConfig, digest, load_run, saved_option
 
 logger = logging.getLogger("hpo")
 
-# Options the typical arm depends on beyond the study fingerprint (which holds model, data
-# digest, image size, epochs, seed, split sizes and the search space).
-SHARED_OPTIONS = ("model", "data", "sampler", "pruner", "trials", "seeds", "seed", "epochs",
-                  "image_size", "train_size", "eval_size")
+# Options the typical arm depends on: the study fingerprint's (checked here by name, for a
+# message that names the option; the data's content and the space are checked apart) and
+# the search's own.
+SHARED_OPTIONS = (*BASE_FINGERPRINT_KEYS, "sampler", "pruner", "trials", "seeds")
 IMPORTED = "imported_from"  # study user attr: the source study's identity (``identity``)
 PENDING = "import_pending"  # study user attr while a copy is under way
 
@@ -109,7 +108,7 @@ def _source(config: HpoConfig) -> tuple[HpoConfig, Any]:
         if "pass --storage" not in str(err):
             raise ConfigError(f"--typical-from: {err}") from None
         # its database URL is stored masked: only this run's own, identical URL reopens it
-        masked = json.loads((where / CONFIG_FILE).read_text(encoding="utf-8"))["config"]["storage"]
+        masked = saved_option(where, "storage")
         if config.storage is None or mask_url(config.storage) != masked:
             raise ConfigError(f"--typical-from {where} keeps its studies in {masked}: run this "
                               "compare with that --storage") from None

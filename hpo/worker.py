@@ -195,10 +195,9 @@ def work(config: HpoConfig, job: Job, progress: ProgressCallback | None = None,
     quiet_optuna()
     # Planned trials are never pruned, and a one-epoch run has nothing to stop early.
     prunes = job.kind == "search" and config.epochs >= 2
-    storage = open_storage(config)
-    key = optuna.load_study(study_name=job.name, storage=storage).user_attrs.get(BRACKET_KEY)
-    pruner = PRUNERS[config.pruner if prunes else "none"](config.trials, config.epochs, key)
-    study = optuna.load_study(study_name=job.name, storage=storage, pruner=pruner)
+    study = optuna.load_study(study_name=job.name, storage=open_storage(config))
+    study.pruner = PRUNERS[config.pruner if prunes else "none"](
+        config.trials, config.epochs, study.user_attrs.get(BRACKET_KEY))
     runner: TrialRunner | None = None
     while True:
         if parent is not None and os.getppid() != parent:
