@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from . import defaults, io
 from .analysis import ChannelGraph
@@ -51,7 +50,7 @@ class PruneConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PruneConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
         keys = ("ratio", "min_ratio", "scorer", "round_to", "target", "heads", "uniform")
         known = {k: d[k] for k in keys if k in d}
         return cls(**known)
@@ -323,4 +322,4 @@ def load_slim(directory: str | os.PathLike) -> tuple[fx.GraphModule, tuple[torch
     return model, inputs
 
 
-__all__ = ["analyze", "prune", "apply_plan", "PruneConfig", "PruneResult", "save_slim", "load_slim"]
+__all__ = ["PruneConfig", "PruneResult", "analyze", "apply_plan", "load_slim", "prune", "save_slim"]

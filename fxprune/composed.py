@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch.fx as fx
+from torch import fx
 
 from .analysis import META_LABELS, ChannelGraph, ChannelGroup
 from .errors import ConfigError, PlanError
@@ -66,7 +66,7 @@ class ComposedGraph(ChannelGraph):
     inputs: tuple = ()
 
     @classmethod
-    def build(cls, whole: ChannelGraph, dims: ChannelGraph, inputs: tuple) -> "ComposedGraph":
+    def build(cls, whole: ChannelGraph, dims: ChannelGraph, inputs: tuple) -> ComposedGraph:
         if whole.spaces.keys() != dims.spaces.keys() or any(
                 not np.array_equal(s.atoms, dims.spaces[k].atoms) for k, s in whole.spaces.items()):
             raise PlanError("heads='both': the whole-heads and head-dims analyses of this model "
@@ -145,7 +145,7 @@ class ComposedGraph(ChannelGraph):
                 raise PlanError(f"heads='both': head dims cannot be cut as planned at '{key}'")
         return slim_graph(two, dims_keep)
 
-    def oracle_masks(self, keep: np.ndarray) -> "ComposedMasks":
+    def oracle_masks(self, keep: np.ndarray) -> ComposedMasks:
         return ComposedMasks(self, keep)
 
 
@@ -191,4 +191,4 @@ def check_both_target(target: Any) -> None:
         raise ConfigError("heads='both' takes a ratio or a 'flops=...' target, not a target object")
 
 
-__all__ = ["ComposedGraph", "ComposedMasks", "analyze_slim", "split_budget", "check_both_target"]
+__all__ = ["ComposedGraph", "ComposedMasks", "analyze_slim", "check_both_target", "split_budget"]

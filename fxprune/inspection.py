@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from torch import nn
 
 from .api import analyze
@@ -146,7 +145,7 @@ def inspect_model(model, example_inputs, leaf_modules=(),
     return InspectReport(
         model=name or type(model).__name__,
         params=count_params(model),
-        macs=int(round(cost.total)),
+        macs=round(cost.total),
         groups=groups,
         unhandled=[u.__dict__ for u in graph.unhandled],
         leaves=[leaf.to_dict() for leaf in leaves_of(graph.gm)],

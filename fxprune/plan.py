@@ -60,7 +60,7 @@ class PrunePlan:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PrunePlan":
+    def from_dict(cls, d: dict[str, Any]) -> PrunePlan:
         if not isinstance(d, dict) or not isinstance(d.get("modules"), dict):
             raise PlanError("not a pruning plan: a top-level 'modules' object is required")
         if d.get("version", PLAN_VERSION) != PLAN_VERSION:
@@ -74,7 +74,7 @@ class PrunePlan:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "PrunePlan":
+    def from_json(cls, text: str) -> PrunePlan:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
@@ -84,7 +84,7 @@ class PrunePlan:
         atomic_write_text(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PrunePlan":
+    def load(cls, path: str | os.PathLike) -> PrunePlan:
         return cls.from_dict(read_json(path, "plan file"))
 
 
@@ -149,4 +149,4 @@ def keep_from_plan(graph: ChannelGraph, plan: PrunePlan) -> np.ndarray:
     return keep
 
 
-__all__ = ["PrunePlan", "make_plan", "keep_from_plan", "atomic_write_text", "PLAN_VERSION"]
+__all__ = ["PLAN_VERSION", "PrunePlan", "atomic_write_text", "keep_from_plan", "make_plan"]

@@ -13,8 +13,7 @@ import operator
 from dataclasses import dataclass
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from .trace import META_SHAPE
 

@@ -57,11 +57,11 @@ def select_channels(
         raise ConfigError(f"expected {graph.num_classes} class scores, got {scores.shape}")
     keep = np.ones(graph.num_classes, dtype=bool)
     candidates = np.flatnonzero(~graph.class_frozen)
-    n_prune = int(math.floor(ratio * len(candidates) + 1e-9))
+    n_prune = math.floor(ratio * len(candidates) + 1e-9)
     if uniform:
         for group in graph.groups:
             free = group.classes[~graph.class_frozen[group.classes]]
-            n = min(len(free), int(math.floor(ratio * group.size + 1e-9)))
+            n = min(len(free), math.floor(ratio * group.size + 1e-9))
             keep[free[np.lexsort((free, scores[free]))[:n]]] = False
         n_prune = 0
     if n_prune:
@@ -155,4 +155,4 @@ def select_for_target(graph: ChannelGraph, scores: np.ndarray, example_inputs, t
     return best
 
 
-__all__ = ["select_channels", "check_ratios", "parse_target", "select_for_target"]
+__all__ = ["check_ratios", "parse_target", "select_channels", "select_for_target"]

@@ -15,8 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from .analysis import META_LABELS, ChannelGraph
 from .errors import PlanError
@@ -120,4 +119,4 @@ def _slice_attr(gm: nn.Module, target: str, dim: int, idx: np.ndarray) -> None:
     slice_param(gm.get_submodule(prefix) if prefix else gm, name, dim, idx)
 
 
-__all__ = ["slim", "kept_indices", "check_keep", "RewriteContext"]
+__all__ = ["RewriteContext", "check_keep", "kept_indices", "slim"]

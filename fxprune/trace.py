@@ -395,7 +395,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     try:
         with torch.no_grad():
             return recorder.run(*example_inputs)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the user's model raised: one line
         n = recorder.current
         where = f"node '{n.name}' ({n.op} {n.target})" if n is not None else "the first node"
         shapes = ", ".join(str(tuple(t.shape)) for t in example_inputs if isinstance(t, torch.Tensor))

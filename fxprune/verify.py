@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
+from torch import fx
 
 from .analysis import META_LABELS, ChannelGraph, Space
 from .ops import module_rule_for
@@ -221,7 +221,7 @@ def verify_equivalence(graph: ChannelGraph, keep: np.ndarray, slim_model: torch.
     if n_numeric:
         try:
             variant_model = slim_for(graph, variant)
-        except Exception as exc:  # a surgery bug: report it, the caller decides
+        except Exception as exc:  # noqa: BLE001 - a surgery bug: report it, the caller decides
             return EquivalenceReport(False, float("inf"), 0.0, False,
                                      f"slimming the exact-classes variant failed: {exc}",
                                      fraction, n_pruned)
@@ -258,5 +258,12 @@ def numeric_share(reports: list[EquivalenceReport]) -> float | None:
     return sum(r.numeric_fraction * r.pruned_classes for r in reports) / pruned
 
 
-__all__ = ["verify_equivalence", "numeric_share", "masked_forward", "oracle_masks", "label_masks", "EquivalenceReport",
-           "ClassMasks"]
+__all__ = [
+    "ClassMasks",
+    "EquivalenceReport",
+    "label_masks",
+    "masked_forward",
+    "numeric_share",
+    "oracle_masks",
+    "verify_equivalence",
+]

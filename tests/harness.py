@@ -63,4 +63,4 @@ def module_widths(model) -> dict[str, tuple]:
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
-__all__ = ["prune_and_check", "group_members", "kept_counts", "load_llama", "module_widths", "np"]
+__all__ = ["group_members", "kept_counts", "load_llama", "module_widths", "np", "prune_and_check"]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import fxprune
 from fxprune.inspection import inspect_model
 from fxprune.ops.heads import head_blocks
-from tests.ops.test_attention import MHA, X, Block, GQARoPE, NanoGPTAttention, PackedQKV
+from tests.ops.test_attention import MHA, Block, GQARoPE, NanoGPTAttention, PackedQKV, X
 
 
 def render(obj) -> str:
@@ -40,7 +40,7 @@ class FrozenHeads(NanoGPTAttention):
 
     def forward(self, x):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, _k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head)
         pick = q[..., 0]  # (B, T, H): one dim of every head
         return self.c_proj(v) + pick.sum(-1, keepdim=True)
@@ -55,9 +55,8 @@ def test_inspect_says_why_head_dims_are_frozen():
 
 
 def test_no_attention_no_heads_table():
-    from torch import nn
-
     import torch
+    from torch import nn
 
     report = inspect_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)),
                            torch.randn(1, 3, 8, 8))

@@ -183,8 +183,7 @@ def test_cli_inspects_a_meta_model_and_refuses_to_prune_it(tmp_path):
 def clip_window(window: list, size: list) -> list:
     """Like torchvision's video swin ``_get_window_and_shift_size``: mutates its list."""
     for i in range(len(window)):
-        if size[i] <= window[i]:
-            window[i] = size[i]
+        window[i] = min(size[i], window[i])
     return window
 
 

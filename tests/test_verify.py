@@ -1,5 +1,6 @@
 """The masked-dense oracle itself."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,7 +93,7 @@ def test_the_numerical_part_catches_a_wrong_exact_class(monkeypatch):
 
 
 def test_only_inexact_classes_pruned_checks_shapes():
-    result, residual, hidden = pruned_prenorm()
+    result, _, hidden = pruned_prenorm()
     keep = result.keep.copy()
     keep[hidden.classes] = True  # only the residual stream loses channels
     model = slim(result.graph, keep)
@@ -110,9 +111,13 @@ def test_wrong_output_shape_fails():
 
 def test_masked_forward_zeroes_pruned_hidden_channels():
     result, _, hidden = pruned_prenorm()
-    ref = masked_forward(result.graph, result.keep, (X,))
     with torch.no_grad():
         dense = result.graph.gm(X)
+    everything = np.ones_like(result.keep)
+    assert torch.equal(masked_forward(result.graph, everything, (X,)), dense)
+    only_hidden = everything.copy()  # the exact classes alone: masking them changes the output
+    only_hidden[hidden.classes] = result.keep[hidden.classes]
+    ref = masked_forward(result.graph, only_hidden, (X,))
     assert ref.shape == dense.shape and not torch.allclose(ref, dense)
 
 

@@ -80,7 +80,7 @@ def timm_smallest(cache: Path, families: slice = slice(None)) -> list[str]:
                 with torch.device("meta"):
                     model = timm.create_model(name, pretrained=False)
                 count = sum(p.numel() for p in model.parameters())
-            except Exception:  # a model that does not build on meta: skip it
+            except Exception:  # noqa: BLE001, S112 - a model that does not build on meta: skip it
                 continue
             if best is None or count < best[1]:
                 best = (name, count)
@@ -226,7 +226,7 @@ def _tp_macs(tp, model, example) -> int | None:
     try:
         macs, _ = tp.utils.count_ops_and_params(model, example)
         return int(macs)
-    except Exception:
+    except Exception:  # noqa: BLE001 - Torch-Pruning cannot count this model: no figure
         return None
 
 
@@ -282,7 +282,7 @@ def worker(tool: str, suite: str, name: str, det_size: int, out_file: str) -> No
             info.update(run_fxprune(model, inputs))
         else:
             info.update(run_tp(model, inputs, suite, name))
-    except Exception as exc:  # every failure is a result of the sweep, not a crash
+    except Exception as exc:  # noqa: BLE001 - every failure is a result of the sweep, not a crash
         text = str(exc).strip().splitlines()
         broken = tool == "fxprune" and STAGE[0] in ("verify", "run")
         info = {"status": "broken" if broken else "error", "stage": STAGE[0],

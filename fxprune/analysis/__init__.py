@@ -17,13 +17,13 @@ from .graph import (
 )
 
 __all__ = [
+    "META_LABELS",
+    "META_SIZE_OF",
     "Builder",
     "ChannelGraph",
     "ChannelGroup",
     "Dispatch",
     "Labels",
-    "META_LABELS",
-    "META_SIZE_OF",
     "Space",
     "UnhandledOp",
     "iter_arrays",

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from ..trace import META_SHAPE
 from .graph import (
@@ -234,7 +233,7 @@ class Builder:
                     id=g,
                     classes=cls,
                     members=members[g],
-                    frozen_classes=int(len(frozen)),
+                    frozen_classes=len(frozen),
                     frozen_reason=class_reason[int(frozen[0])] if len(frozen) else None,
                     inexact_reason=inexact_reason.get(int(inexact[0])) if len(inexact) else None,
                 )

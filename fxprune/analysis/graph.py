@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch.fx as fx
+from torch import fx
 
 META_LABELS = "fxprune_labels"
 # size values read from tensors (x.size(), x.shape, and arithmetic on them): the set of
@@ -76,7 +76,7 @@ class ChannelGroup:
 
     @property
     def size(self) -> int:
-        return int(len(self.classes))
+        return len(self.classes)
 
     @property
     def prunable(self) -> bool:
@@ -106,7 +106,7 @@ class ChannelGraph:
 
     @property
     def num_classes(self) -> int:
-        return int(len(self.class_group))
+        return len(self.class_group)
 
     def prunable_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
@@ -163,14 +163,14 @@ def target_name(node: fx.Node) -> str:
 
 
 __all__ = [
-    "ChannelGraph",
-    "ChannelGroup",
-    "Space",
-    "UnhandledOp",
-    "Labels",
     "META_LABELS",
     "META_SIZE_OF",
-    "plain_labels",
+    "ChannelGraph",
+    "ChannelGroup",
+    "Labels",
+    "Space",
+    "UnhandledOp",
     "iter_arrays",
+    "plain_labels",
     "target_name",
 ]

@@ -17,16 +17,16 @@ from .expected import CostBuilder, ExpectedCost, build_expected_cost
 from .model import CostModel
 
 __all__ = [
+    "CostBuilder",
+    "CostModel",
+    "ExpectedCost",
     "MacsReport",
     "SizeChange",
-    "macs_report",
-    "graph_macs",
-    "leaf_macs",
-    "estimate_module_macs",
+    "build_expected_cost",
     "count_macs",
     "count_params",
-    "CostBuilder",
-    "ExpectedCost",
-    "build_expected_cost",
-    "CostModel",
+    "estimate_module_macs",
+    "graph_macs",
+    "leaf_macs",
+    "macs_report",
 ]

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from ..errors import TraceError
 from ..ops import module_rule_for, node_macs
@@ -183,12 +182,12 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
 
 
 __all__ = [
-    "SizeChange",
     "MacsReport",
-    "macs_report",
-    "graph_macs",
-    "leaf_macs",
-    "estimate_module_macs",
+    "SizeChange",
     "count_macs",
     "count_params",
+    "estimate_module_macs",
+    "graph_macs",
+    "leaf_macs",
+    "macs_report",
 ]

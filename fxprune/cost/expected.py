@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from ..analysis import ChannelGraph
 from ..ops import module_rule_for, node_macs
@@ -404,4 +403,4 @@ def _get_attr_cost(cb: CostBuilder, node: fx.Node) -> None:
         cb.decay_const(obj, sections)
 
 
-__all__ = ["ExpectedCost", "CostBuilder", "build_expected_cost"]
+__all__ = ["CostBuilder", "ExpectedCost", "build_expected_cost"]

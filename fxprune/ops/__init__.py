@@ -33,17 +33,17 @@ from .registry import (
 )
 
 __all__ = [
-    "OpRule",
-    "ModuleRule",
-    "MODULE_RULES",
     "FUNCTION_RULES",
     "METHOD_RULES",
-    "register_module",
+    "MODULE_RULES",
+    "ModuleRule",
+    "OpRule",
+    "build_channel_graph",
+    "dispatch",
+    "module_rule_for",
+    "node_macs",
     "register_function",
     "register_method",
-    "module_rule_for",
+    "register_module",
     "rule_for",
-    "dispatch",
-    "node_macs",
-    "build_channel_graph",
 ]

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from ..analysis import Builder, Labels
 from ..trace import META_SHAPE

@@ -103,7 +103,7 @@ class Unflatten(ModuleRule):
         sizes = list(m.unflattened_size)
         for k in range(len(sizes)):
             if f"size{k}" in keep:
-                sizes[k] = int(len(keep[f"size{k}"]))
+                sizes[k] = len(keep[f"size{k}"])
         m.unflattened_size = tuple(sizes)
 
 
@@ -142,7 +142,7 @@ class _Recurrent(ModuleRule):
         ]
         for param in names:
             _cut_columns(m, param, index)
-        m.input_size = int(len(index))
+        m.input_size = len(index)
         if not self.cell:
             m._init_flat_weights()  # the flat weight list still points at the old tensors
 
@@ -168,4 +168,4 @@ class RecurrentCell(_Recurrent):
     cell = True
 
 
-__all__ = ["PixelShuffle", "PixelUnshuffle", "Unflatten", "Recurrent", "RecurrentCell"]
+__all__ = ["PixelShuffle", "PixelUnshuffle", "Recurrent", "RecurrentCell", "Unflatten"]

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from ..analysis import META_LABELS, ChannelGraph
 from ..trace import META_SHAPE
@@ -178,4 +177,4 @@ def heads_kept(graph: ChannelGraph, atom_keep: Callable[[np.ndarray], np.ndarray
     return rows
 
 
-__all__ = ["HeadBlock", "head_blocks", "block_status", "describe_blocks", "heads_kept"]
+__all__ = ["HeadBlock", "block_status", "describe_blocks", "head_blocks", "heads_kept"]

@@ -84,9 +84,9 @@ class _ConvBase(ModuleRule):
                 slice_param(m, "weight", 0, keep_in)
             else:
                 slice_param(m, "weight", 0, keep_out)
-            m.groups = int(len(kept))
+            m.groups = len(kept)
         slice_param(m, "bias", 0, keep_out)
-        m.in_channels, m.out_channels = int(len(keep_in)), int(len(keep_out))
+        m.in_channels, m.out_channels = len(keep_in), len(keep_out)
 
 
 @register_module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -124,10 +124,10 @@ class Linear(ModuleRule):
         if "out_features" in keep:
             slice_param(m, "weight", 0, keep["out_features"])
             slice_param(m, "bias", 0, keep["out_features"])
-            m.out_features = int(len(keep["out_features"]))
+            m.out_features = len(keep["out_features"])
         if "in_features" in keep:
             slice_param(m, "weight", 1, keep["in_features"])
-            m.in_features = int(len(keep["in_features"]))
+            m.in_features = len(keep["in_features"])
 
 
 @register_module(nn.Embedding)
@@ -154,7 +154,7 @@ class Embedding(ModuleRule):
     def slice_(self, m, keep):
         if "embedding_dim" in keep:
             slice_param(m, "weight", 1, keep["embedding_dim"])
-            m.embedding_dim = int(len(keep["embedding_dim"]))
+            m.embedding_dim = len(keep["embedding_dim"])
 
 
 # ------------------------------------------------------------------ normalisation
@@ -194,7 +194,7 @@ class _PerChannel(ModuleRule):
         if self.attr in keep:
             for p in _CHANNEL_PARAMS:
                 slice_param(m, p, 0, keep[self.attr])
-            setattr(m, self.attr, int(len(keep[self.attr])))
+            setattr(m, self.attr, len(keep[self.attr]))
 
 
 @register_module(
@@ -258,7 +258,7 @@ class LayerNorm(ModuleRule):
             idx = keep["normalized_shape"]
             slice_param(m, "weight", 0, idx)
             slice_param(m, "bias", 0, idx)
-            m.normalized_shape = (int(len(idx)),)
+            m.normalized_shape = (len(idx),)
 
 
 @register_module("torchvision.models.convnext.LayerNorm2d")
@@ -288,7 +288,7 @@ class PReLU(ModuleRule):
     def slice_(self, m, keep):
         if "num_parameters" in keep:
             slice_param(m, "weight", 0, keep["num_parameters"])
-            m.num_parameters = int(len(keep["num_parameters"]))
+            m.num_parameters = len(keep["num_parameters"])
 
 
 # ------------------------------------------------------------ functional parametric ops

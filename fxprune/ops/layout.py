@@ -6,25 +6,24 @@ import operator
 
 import numpy as np
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from ..analysis import META_SIZE_OF, Builder, Labels, plain_labels
 from ..trace import META_SHAPE
 from .attention import heads_mode
 from .common import arg, elementwise, merge_elementwise, norm_dim, out_shape
+from .registry import (
+    ModuleRule,
+    register_function,
+    register_method,
+    register_module,
+)
 from .shapes import (
     check_shape_args,
     freeze_sources,
     resolve_slice,
     rewrite_shape_args,
     slice_provenance,
-)
-from .registry import (
-    ModuleRule,
-    register_function,
-    register_method,
-    register_module,
 )
 
 
@@ -457,10 +456,10 @@ def _size_query(b, node):
     x = node.args[0]
     shape = b.shape(x)
     if shape is None:
-        return None
+        return
     if node.op == "call_function":  # getattr(x, name)
         if len(node.args) < 2 or node.args[1] != "shape":
-            return None
+            return
         d = None
     else:
         d = arg(node, 1, "dim")
@@ -468,7 +467,7 @@ def _size_query(b, node):
         node.meta[META_SIZE_OF] = frozenset({(x.name, norm_dim(d, len(shape)))})
     elif d is None:
         node.meta[META_SIZE_OF] = tuple(frozenset({(x.name, i)}) for i in range(len(shape)))
-    return None
+    return
 
 
 register_method("dim", "numel", "type_as_str", "data_ptr", "get_device")(_no_labels)

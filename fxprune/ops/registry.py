@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from ..analysis import META_SIZE_OF, Builder, ChannelGraph, walk
 from ..trace import META_SHAPE
@@ -206,18 +205,18 @@ def node_macs(node: fx.Node, modules: dict[str, nn.Module]) -> int:
 
 
 __all__ = [
-    "OpRule",
-    "ModuleRule",
-    "MODULE_RULES",
     "FUNCTION_RULES",
     "METHOD_RULES",
-    "register_module",
+    "MODULE_RULES",
+    "ModuleRule",
+    "OpRule",
+    "build_channel_graph",
+    "dispatch",
+    "module_rule_for",
+    "node_macs",
     "register_function",
     "register_method",
-    "module_rule_for",
+    "register_module",
     "rule_for",
     "size_sources",
-    "dispatch",
-    "build_channel_graph",
-    "node_macs",
 ]

@@ -18,16 +18,16 @@ from .synflow import SnipScorer, SynflowScorer
 from .synflow_flops import SynflowPerFlop
 
 __all__ = [
-    "Scorer",
     "SCORERS",
-    "register_scorer",
-    "get_scorer",
-    "list_scorers",
-    "class_scores",
-    "producer_weight",
     "L1Scorer",
     "RandomScorer",
-    "SynflowScorer",
+    "Scorer",
     "SnipScorer",
     "SynflowPerFlop",
+    "SynflowScorer",
+    "class_scores",
+    "get_scorer",
+    "list_scorers",
+    "producer_weight",
+    "register_scorer",
 ]

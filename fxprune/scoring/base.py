@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.fx as fx
+from torch import fx
 
 from ..analysis import ChannelGraph, Space
 from ..errors import ConfigError, ScoreError
@@ -108,11 +108,11 @@ def class_scores(graph: ChannelGraph, space_scores: dict[str, np.ndarray]) -> np
 
 
 __all__ = [
-    "Scorer",
     "SCORERS",
-    "register_scorer",
+    "Scorer",
+    "class_scores",
     "get_scorer",
     "list_scorers",
-    "class_scores",
     "producer_weight",
+    "register_scorer",
 ]

@@ -32,7 +32,7 @@ from .base import producer_weight, register_scorer
 
 def _first_non_finite(model, inputs) -> str:
     """Name the first node whose output is not finite (the layer that overflowed)."""
-    import torch.fx as fx
+    from torch import fx
 
     found: list[str] = []
 
@@ -124,4 +124,4 @@ class SnipScorer:
         return _channel_means(graph, model, lambda w: (w * w.grad).abs())
 
 
-__all__ = ["SynflowScorer", "SnipScorer"]
+__all__ = ["SnipScorer", "SynflowScorer"]

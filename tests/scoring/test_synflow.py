@@ -13,8 +13,7 @@ from torch import nn
 import fxprune
 from fxprune.errors import ConfigError, ScoreError
 from fxprune.models import create_model
-from fxprune.scoring import class_scores
-from fxprune.scoring import SynflowScorer
+from fxprune.scoring import SynflowScorer, class_scores
 
 
 def known_mlp(signs=None):

@@ -9,8 +9,7 @@ import io
 
 import pytest
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from fxprune.errors import TraceError
 from fxprune.trace import (
