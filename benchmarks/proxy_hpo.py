@@ -35,7 +35,12 @@ session; start the run with ``setsid`` and ``echo -10 > /proc/PID/autogroup`` in
     .venv/bin/python benchmarks/proxy_hpo.py --samplers tpe --proxy-lr fan-in --typical-from runs/a
 
 The last command measures a proxy variant against the first run's typical arm: paired, at
-about half the cost.
+about half the cost. ``--summarise F1 F2 ...`` pools runs made separately; when it mixes
+repeats whose two searches shared Hyperband's brackets with older ones (brackets drawn by
+study name, so one arm could be pruned harder), the shared ones are also summarised apart
+(for a run written before repeats recorded this, ``fxprune hpo report F/SAMPLER`` adds it).
+
+    .venv/bin/python benchmarks/proxy_hpo.py --summarise runs/a runs/b
 """
 
 from __future__ import annotations
@@ -223,6 +228,12 @@ def print_pooled(results: list[dict]) -> dict:
             print(f"{arm}: median gap {statistics.median(gaps):+.2f} pp; {sum(g < -0.5 for g in gaps)} "
                   f"of {len(gaps)} repeats below -0.5 pt, {sum(g > 0.5 for g in gaps)} above +0.5 pt; "
                   f"range {gaps[0]:+.2f} to {gaps[-1]:+.2f}")
+    shared = [r for r in repeats if r.get("shared_brackets")]
+    if shared and len(shared) < len(repeats):  # older runs mixed in: the like-for-like subset
+        print(f"\n-- the {len(shared)} of {len(repeats)} repeats whose two searches shared "
+              "Hyperband's brackets (the others drew them by study name) --")
+        goal_lines({key: mean_ci([r.get(key) for r in shared])
+                    for keys in ARM_STATISTICS.values() for key in keys})
     paired = [r["confirm_gap_pp"] - r["accuracy_gap_pp"] for r in repeats
               if r.get("confirm_gap_pp") is not None and r.get("accuracy_gap_pp") is not None]
     if paired:  # the same searches and typical winners: only the proxy arm's choice differs
@@ -280,7 +291,7 @@ def _within(gap: dict, margin: float = 0.5) -> str:
 
 def summarise(folders: list[Path]) -> None:
     """``--summarise F1 F2 ...``: pool the benchmark.json of runs made separately."""
-    results = [r for folder in folders
+    results = [_with_brackets(r, folder) for folder in folders
                for r in json.loads((folder / "benchmark.json").read_text())]
     for result in results:
         stats = result["statistics"]
@@ -288,6 +299,21 @@ def summarise(folders: list[Path]) -> None:
               f"{result.get('load_average')}")
         goal_lines(stats)
     print_pooled(results)
+
+
+def _with_brackets(result: dict, folder: Path) -> dict:
+    """A run written before repeats recorded ``shared_brackets``: take it from the sampler's
+    report.json once ``fxprune hpo report FOLDER/SAMPLER`` has rebuilt that from storage."""
+    if all("shared_brackets" in r for r in result["repeats"]):
+        return result
+    try:
+        rebuilt = json.loads((folder / result["sampler"] / "report.json").read_text())
+        shared = {r["repeat"]: r.get("shared_brackets") for r in rebuilt["repeats"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return result
+    return {**result, "repeats": [{**r, "shared_brackets": shared.get(r["repeat"])}
+                                  if "shared_brackets" not in r else r
+                                  for r in result["repeats"]]}
 
 
 if __name__ == "__main__":

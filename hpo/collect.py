@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from hpo import _optuna, liveness
-from hpo.config import HpoConfig, digest
+from hpo.config import BRACKET_KEY, HpoConfig, digest
 from hpo.registry import hyperband_settings
 from hpo.report import (
     ARMS,
@@ -106,6 +106,8 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
     loaded = {name.removeprefix(prefix): optuna.load_study(study_name=name, storage=storage)
               for name in names}
     search, finals, repeats, proxy_info, rank, step_time = [], [], [], None, None, None
+    hyperband = (hyperband_settings(config.trials, config.epochs)
+                 if config.pruner == "hyperband" and config.epochs >= 2 else None)
     for repeat in range(config.repeats if kind == "compare" else 1):
         stage = repeat_prefix(config, repeat)
         arms = {}
@@ -132,7 +134,8 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
             rank = rank or repeat_rank
         if kind == "compare" and arms:
             repeats.append(_repeat(repeat, arms, repeat_finals, repeat_rank,
-                                   _proxy_trial(loaded.get(f"{stage}confirm"), arms)))
+                                   _proxy_trial(loaded.get(f"{stage}confirm"), arms),
+                                   hyperband is not None))
     if proxy_info is not None and step_time is not None:  # measured by ProxyHpo.compare
         proxy_info = replace(proxy_info, step_time=step_time)
     if proxy_info is not None:  # the proxy's span includes its pruning
@@ -140,8 +143,6 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
         repeats = [_repeat_with_pruning(r, proxy_info) for r in repeats]
     data_summary = next((s.user_attrs["data"] for s in loaded.values() if "data" in s.user_attrs),
                         {"name": config.data})
-    hyperband = (hyperband_settings(config.trials, config.epochs)
-                 if config.pruner == "hyperband" and config.epochs >= 2 else None)
     saved = config.to_dict()
     if config.storage is not None:
         saved["storage"] = mask_url(config.storage)
@@ -180,9 +181,12 @@ def _proxy_trial(study: optuna.Study | None, arms: dict[str, StudySummary]) -> i
 
 
 def _repeat(index: int, arms: dict[str, StudySummary], finals: dict[str, FinalSummary | None],
-            rank: RankSummary | None, confirmed_from: int | None = None) -> RepeatSummary:
+            rank: RankSummary | None, confirmed_from: int | None = None,
+            hyperband: bool = False) -> RepeatSummary:
     """One replicate; the ``confirm`` arm's time is the proxy search's plus its own, and its
-    winner is named by its proxy trial (``confirm_trial``: its confirmation run)."""
+    winner is named by its proxy trial (``confirm_trial``: its confirmation run). With
+    Hyperband, ``shared_brackets`` says whether the two searches drew their brackets from
+    one key (False for studies made before keys, or an arm imported from such a run)."""
     winners = {arm: None if s.best_trial is None else {
         "trial": s.best_trial, "value": s.best_value, "params": s.best_params}
         for arm, s in arms.items()}
@@ -198,7 +202,17 @@ def _repeat(index: int, arms: dict[str, StudySummary], finals: dict[str, FinalSu
         repeat=index, winners=winners,
         test_accuracy={arm: None if f is None else f.mean for arm, f in finals.items()},
         wall_seconds=wall, compute_seconds=compute,
-        tau=rank.tau if rank is not None else None)
+        tau=rank.tau if rank is not None else None,
+        shared_brackets=_shared_brackets(arms) if hyperband else None)
+
+
+def _shared_brackets(arms: dict[str, StudySummary]) -> bool | None:
+    """Whether the typical and proxy searches drew Hyperband's brackets from the same key
+    (the confirm arm's runs are not pruned); None while one of them is missing."""
+    typical, proxy = arms.get("typical"), arms.get("proxy")
+    if typical is None or proxy is None:
+        return None
+    return typical.bracket_key is not None and typical.bracket_key == proxy.bracket_key
 
 
 def _record(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialRecord:
@@ -243,6 +257,7 @@ def summarise_search(study: optuna.Study, config: HpoConfig,
         best_value=float(found[0].value) if found else None,
         best_params=found[1].to_dict() if found else None,
         importances=_importances(study),
+        bracket_key=study.user_attrs.get(BRACKET_KEY),
     )
 
 

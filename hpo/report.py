@@ -78,6 +78,7 @@ class StudySummary:
     best_value: float | None = None
     best_params: dict[str, float | int] | None = None
     importances: dict[str, float] | None = None
+    bracket_key: str | None = None  # Hyperband's brackets drawn from it (None: by study name)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -206,6 +207,10 @@ class RepeatSummary:
     wall_seconds: dict[str, float]  # arm -> elapsed span of its search
     compute_seconds: dict[str, float]  # arm -> summed trial durations
     tau: float | None = None
+    # Hyperband only: whether both arms drew their brackets from one key, trial by trial
+    # (hpo._optuna.shared_bracket_hyperband); False for studies made before that, whose
+    # brackets were drawn by study name, so one arm could be pruned harder than the other
+    shared_brackets: bool | None = None
 
     def gap(self, arm: str = "proxy") -> float | None:
         """``arm`` - typical final test accuracy, percentage points."""
@@ -420,6 +425,13 @@ def render_report(report: HpoReport) -> Any:
 
     if len(report.repeats) > 1:
         parts.append(_repeats_table(report))
+    unshared = [str(r.repeat) for r in report.repeats if r.shared_brackets is False]
+    if unshared:
+        parts.append(
+            f"[yellow]note:[/] in repeat {', '.join(unshared)} the typical and proxy searches "
+            "drew Hyperband's brackets by study name (studies made before fxprune shared "
+            "them), so one arm may have been pruned harder than the other: its time "
+            "reduction is not like for like")
     if report.kind == "compare":
         summary = Table.grid(padding=(0, 2))
         reduction, gap = report.time_reduction_pct, report.accuracy_gap

@@ -3,6 +3,7 @@ local workers, failing trials, Hyperband settings."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -446,10 +447,32 @@ def test_compare_searches_get_the_repeats_bracket_key(make_config, monkeypatch):
 
     monkeypatch.setitem(worker.PRUNERS, "hyperband", spy)
     config = make_config(pruner="hyperband", trials=2, epochs=2, seeds=1, repeats=2)
-    driver.compare(config)
+    report = driver.compare(config)
     # one worker per search; planned stages (finals) are never pruned
     assert sorted(passed) == ["seed0-repeat0"] * 2 + ["seed0-repeat1"] * 2
     stored = {name: load(config, name).user_attrs.get("bracket_key")
               for name in ("r0-typical", "r0-proxy", "r1-typical", "r1-proxy")}
     assert stored == {"r0-typical": "seed0-repeat0", "r0-proxy": "seed0-repeat0",
                       "r1-typical": "seed0-repeat1", "r1-proxy": "seed0-repeat1"}
+    assert [r.shared_brackets for r in report.repeats] == [True, True]
+    assert report.study("r1-proxy").bracket_key == "seed0-repeat1"
+    assert "by study name" not in _rendered(report)
+    # a study made before bracket keys (or imported from such a run) drew them by name:
+    # the report says which repeat's time reduction is not like for like
+    load(config, "r1-typical").set_user_attr("bracket_key", None)
+    report = driver.collect_report(config, "compare")
+    assert [r.shared_brackets for r in report.repeats] == [True, False]
+    assert "in repeat 1 the typical and proxy searches drew Hyperband's brackets by study" \
+        in _rendered(report)
+    assert json.loads((Path(config.out) / "report.json").read_text())["repeats"][1][
+        "shared_brackets"] is True  # collect_report alone writes nothing
+    assert driver.compare(config, None) and json.loads(
+        (Path(config.out) / "report.json").read_text())["repeats"][1]["shared_brackets"] is False
+
+
+def _rendered(report) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(report)
+    return " ".join(console.export_text().split())
