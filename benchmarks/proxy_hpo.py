@@ -228,10 +228,13 @@ def print_pooled(results: list[dict]) -> dict:
             print(f"{arm}: median gap {statistics.median(gaps):+.2f} pp; {sum(g < -0.5 for g in gaps)} "
                   f"of {len(gaps)} repeats below -0.5 pt, {sum(g > 0.5 for g in gaps)} above +0.5 pt; "
                   f"range {gaps[0]:+.2f} to {gaps[-1]:+.2f}")
-    shared = [r for r in repeats if r.get("shared_brackets")]
-    if shared and len(shared) < len(repeats):  # older runs mixed in: the like-for-like subset
+    shared = [r for r in repeats if r.get("shared_brackets") is True]
+    by_name = sum(r.get("shared_brackets") is False for r in repeats)
+    if shared and by_name:  # older runs mixed in: the like-for-like subset
+        unknown = len(repeats) - len(shared) - by_name
         print(f"\n-- the {len(shared)} of {len(repeats)} repeats whose two searches shared "
-              "Hyperband's brackets (the others drew them by study name) --")
+              f"Hyperband's brackets ({by_name} drew them by study name"
+              f"{f', {unknown} not recorded' if unknown else ''}) --")
         goal_lines({key: mean_ci([r.get(key) for r in shared])
                     for keys in ARM_STATISTICS.values() for key in keys})
     paired = [r["confirm_gap_pp"] - r["accuracy_gap_pp"] for r in repeats

@@ -135,7 +135,7 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
         if kind == "compare" and arms:
             repeats.append(_repeat(repeat, arms, repeat_finals, repeat_rank,
                                    _proxy_trial(loaded.get(f"{stage}confirm"), arms),
-                                   hyperband is not None))
+                                   hyperband and hyperband["brackets"]))
     if proxy_info is not None and step_time is not None:  # measured by ProxyHpo.compare
         proxy_info = replace(proxy_info, step_time=step_time)
     if proxy_info is not None:  # the proxy's span includes its pruning
@@ -182,11 +182,11 @@ def _proxy_trial(study: optuna.Study | None, arms: dict[str, StudySummary]) -> i
 
 def _repeat(index: int, arms: dict[str, StudySummary], finals: dict[str, FinalSummary | None],
             rank: RankSummary | None, confirmed_from: int | None = None,
-            hyperband: bool = False) -> RepeatSummary:
+            brackets: int | None = None) -> RepeatSummary:
     """One replicate; the ``confirm`` arm's time is the proxy search's plus its own, and its
     winner is named by its proxy trial (``confirm_trial``: its confirmation run). With
-    Hyperband, ``shared_brackets`` says whether the two searches drew their brackets from
-    one key (False for studies made before keys, or an arm imported from such a run)."""
+    Hyperband (``brackets``: how many), ``shared_brackets`` says whether the two searches
+    put trial n in the same bracket."""
     winners = {arm: None if s.best_trial is None else {
         "trial": s.best_trial, "value": s.best_value, "params": s.best_params}
         for arm, s in arms.items()}
@@ -203,16 +203,19 @@ def _repeat(index: int, arms: dict[str, StudySummary], finals: dict[str, FinalSu
         test_accuracy={arm: None if f is None else f.mean for arm, f in finals.items()},
         wall_seconds=wall, compute_seconds=compute,
         tau=rank.tau if rank is not None else None,
-        shared_brackets=_shared_brackets(arms) if hyperband else None)
+        shared_brackets=_shared_brackets(arms, brackets) if brackets else None)
 
 
-def _shared_brackets(arms: dict[str, StudySummary]) -> bool | None:
-    """Whether the typical and proxy searches drew Hyperband's brackets from the same key
-    (the confirm arm's runs are not pruned); None while one of them is missing."""
+def _shared_brackets(arms: dict[str, StudySummary], brackets: int) -> bool | None:
+    """Whether the typical and proxy searches put each trial in the same Hyperband bracket:
+    always with one bracket, else when both drew them from the same key (False for studies
+    made before keys, which drew them by study name, or an arm imported from such a run;
+    the confirm arm's runs are not pruned). None while one of them is missing."""
     typical, proxy = arms.get("typical"), arms.get("proxy")
     if typical is None or proxy is None:
         return None
-    return typical.bracket_key is not None and typical.bracket_key == proxy.bracket_key
+    return brackets == 1 or (typical.bracket_key is not None
+                             and typical.bracket_key == proxy.bracket_key)
 
 
 def _record(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialRecord:

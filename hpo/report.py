@@ -12,7 +12,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,13 @@ def _jsonable(value: Any) -> Any:
 
 
 # --- the results -----------------------------------------------------------------------------
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data``'s keys that are fields of the dataclass ``cls``: a report.json written by a
+    newer fxprune (more fields) or with derived keys still loads."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 @dataclass(frozen=True)
@@ -99,8 +106,8 @@ class StudySummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudySummary:
-        data = {k: v for k, v in data.items() if k not in ("counts", "trial_seconds")}
-        data["trials"] = tuple(TrialRecord(**t) for t in data["trials"])
+        data = _known(cls, data)  # also drops the derived "counts" and "trial_seconds"
+        data["trials"] = tuple(TrialRecord(**_known(TrialRecord, t)) for t in data["trials"])
         return cls(**data)
 
 
@@ -156,7 +163,7 @@ class FinalSummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinalSummary:
-        data = {k: v for k, v in data.items() if k not in ("mean", "std")}
+        data = _known(cls, data)  # also drops the derived "mean" and "std"
         return cls(**{**data, "seeds": tuple(data["seeds"]),
                       "accuracies": tuple(data["accuracies"]),
                       "failed_seeds": tuple(data.get("failed_seeds", ()))})
@@ -235,11 +242,7 @@ class RepeatSummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RepeatSummary:
-        return cls(**{k: v for k, v in data.items() if k not in DERIVED})
-
-
-# Keys of RepeatSummary.to_dict() computed from the others.
-DERIVED = ("accuracy_gap_pp", "time_reduction_pct", "confirm_gap_pp", "confirm_reduction_pct")
+        return cls(**_known(cls, data))  # also drops the derived gaps and reductions
 
 
 def mean_ci(values: list[float | None], level: float = 0.95) -> dict[str, Any]:
@@ -339,8 +342,7 @@ class HpoReport:
         return cls(
             kind=data["kind"], config=data["config"], data=data.get("data", {}),
             studies=tuple(StudySummary.from_dict(s) for s in data.get("studies", [])),
-            proxy=None if proxy is None else ProxyInfo(**{
-                k: v for k, v in proxy.items() if k not in ("param_fraction", "flops_fraction")}),
+            proxy=None if proxy is None else ProxyInfo(**_known(ProxyInfo, proxy)),
             finals=tuple(FinalSummary.from_dict(f) for f in data.get("finals", [])),
             rank=None if data.get("rank") is None else RankSummary.from_dict(data["rank"]),
             hyperband=data.get("hyperband"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def _write_run(folder: Path, repeats: list[dict]) -> Path:
 
 def _summarise(*folders: Path) -> str:
     done = subprocess.run([sys.executable, str(SCRIPT), "--summarise", *map(str, folders)],
-                          capture_output=True, text=True, timeout=120, check=True)
+                          capture_output=True, text=True, timeout=120, check=True,
+                          env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
     return done.stdout
 
 
@@ -50,11 +52,15 @@ def test_summarise_separates_repeats_whose_arms_shared_hyperbands_brackets(tmp_p
 
     both = _summarise(new, old)
     assert "pooled over tpe: 3 repeats" in both
-    pooled, subset = both.split("the 2 of 3 repeats whose two searches shared Hyperband's brackets")
+    pooled, subset = both.split("the 2 of 3 repeats whose two searches shared Hyperband's "
+                                "brackets (1 drew them by study name)")
     assert "time reduction +53.33" in pooled  # (60 + 70 + 30) / 3
     proxy_line = next(line for line in subset.splitlines() if line.startswith("proxy:"))
     assert "gap (arm - typical) -0.10" in proxy_line and "time reduction +65.00" in proxy_line
 
-    # without the rebuilt report.json the old repeat is not counted as shared either
+    # a repeat that recorded nothing (no rebuilt report.json) is not called either
+    third = _write_run(tmp_path / "third", [_repeat(0, 0.0, 50.0)])
+    assert "the 2 of 4 repeats whose two searches shared Hyperband's brackets (1 drew them " \
+        "by study name, 1 not recorded)" in _summarise(new, old, third)
     (old / "tpe" / "report.json").unlink()
-    assert "the 2 of 3 repeats whose two searches shared" in _summarise(new, old)
+    assert "shared Hyperband's brackets" not in _summarise(new, old, third)

@@ -3,7 +3,6 @@ local workers, failing trials, Hyperband settings."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -456,23 +455,12 @@ def test_compare_searches_get_the_repeats_bracket_key(make_config, monkeypatch):
                       "r1-typical": "seed0-repeat1", "r1-proxy": "seed0-repeat1"}
     assert [r.shared_brackets for r in report.repeats] == [True, True]
     assert report.study("r1-proxy").bracket_key == "seed0-repeat1"
-    assert "by study name" not in _rendered(report)
-    # a study made before bracket keys (or imported from such a run) drew them by name:
-    # the report says which repeat's time reduction is not like for like
+    saved = json.loads((Path(config.out) / "report.json").read_text())
+    assert [r["shared_brackets"] for r in saved["repeats"]] == [True, True]
+    # a study made before bracket keys drew its brackets by name; with one bracket (2 trials)
+    # that cannot differ, so the repeat still counts as like for like (hpo/test_hpo_report.py
+    # has the two-bracket case)
     load(config, "r1-typical").set_user_attr("bracket_key", None)
     report = driver.collect_report(config, "compare")
-    assert [r.shared_brackets for r in report.repeats] == [True, False]
-    assert "in repeat 1 the typical and proxy searches drew Hyperband's brackets by study" \
-        in _rendered(report)
-    assert json.loads((Path(config.out) / "report.json").read_text())["repeats"][1][
-        "shared_brackets"] is True  # collect_report alone writes nothing
-    assert driver.compare(config, None) and json.loads(
-        (Path(config.out) / "report.json").read_text())["repeats"][1]["shared_brackets"] is False
-
-
-def _rendered(report) -> str:
-    from rich.console import Console
-
-    console = Console(width=200, record=True, file=io.StringIO())
-    console.print(report)
-    return " ".join(console.export_text().split())
+    assert report.study("r1-typical").bracket_key is None
+    assert [r.shared_brackets for r in report.repeats] == [True, True]

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 from scipy.stats import kendalltau
 
+from hpo.collect import _shared_brackets
 from hpo.report import (
     FinalSummary,
     HpoReport,
     ProxyInfo,
     RankSummary,
+    RepeatSummary,
     StudySummary,
     TrialRecord,
     atomic_write_json,
@@ -100,3 +103,42 @@ def test_renders_at_a_fixed_width(report: HpoReport):
     assert "best set of proxy    trial 2  lr=0.03 bs=128 wd=0.0005 mom=0.9 decay=0.1" in text
     assert "10,827/272,474 params (4.0%)" in text
     assert all(len(line) <= 100 for line in text.splitlines())
+
+
+def test_which_repeats_shared_hyperbands_brackets(report: HpoReport, tmp_path: Path):
+    typical, proxy = report.studies
+    keyed = {"typical": replace(typical, bracket_key="seed0-repeat0"),
+             "proxy": replace(proxy, bracket_key="seed0-repeat0")}
+    assert _shared_brackets(keyed, brackets=2) is True
+    # studies made before bracket keys drew them by study name: with two brackets and more
+    # the arms' trials could land in different brackets, with one they cannot
+    assert _shared_brackets({"typical": typical, "proxy": proxy}, brackets=2) is False
+    assert _shared_brackets({"typical": typical, "proxy": proxy}, brackets=1) is True
+    assert _shared_brackets({**keyed, "typical": typical}, brackets=2) is False
+    assert _shared_brackets({"proxy": proxy}, brackets=2) is None
+
+    def repeat(index: int, shared: bool | None) -> RepeatSummary:
+        return RepeatSummary(index, {"typical": None, "proxy": None},
+                             {"typical": 0.9, "proxy": 0.9}, {"typical": 100.0, "proxy": 40.0},
+                             {"typical": 100.0, "proxy": 40.0}, shared_brackets=shared)
+
+    mixed = replace(report, repeats=(repeat(0, True), repeat(1, False), repeat(2, None)))
+    console = Console(width=100, record=True, color_system=None)
+    console.print(mixed)
+    text = " ".join(console.export_text().split())
+    assert ("note: in repeat 1 the typical and proxy searches drew Hyperband's brackets by study "
+            "name") in text
+    assert "in repeat 0" not in text and "repeat 1, 2" not in text
+    atomic_write_json(tmp_path / "report.json", mixed.to_dict())
+    back = read_report(tmp_path)
+    assert [r.shared_brackets for r in back.repeats] == [True, False, None]
+
+
+def test_a_report_from_a_newer_fxprune_still_loads(report: HpoReport, tmp_path: Path):
+    data = report.to_dict()
+    data["studies"][0]["a_new_field"] = 1
+    data["studies"][0]["trials"][0]["another"] = 2
+    data["finals"][0]["more"] = 3
+    data["proxy"]["extra"] = 4
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    assert read_report(tmp_path).studies[0] == report.studies[0]
