@@ -55,8 +55,7 @@ def _jsonable(value: Any) -> Any:
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """``data``'s keys that are fields of the dataclass ``cls``: a report.json written by a
     newer fxprune (more fields) or with derived keys still loads."""
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
+    return {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
 
 
 @dataclass(frozen=True)
@@ -429,11 +428,10 @@ def render_report(report: HpoReport) -> Any:
         parts.append(_repeats_table(report))
     unshared = [str(r.repeat) for r in report.repeats if r.shared_brackets is False]
     if unshared:
-        parts.append(
-            f"[yellow]note:[/] in repeat {', '.join(unshared)} the typical and proxy searches "
-            "drew Hyperband's brackets by study name (studies made before fxprune shared "
-            "them), so one arm may have been pruned harder than the other: its time "
-            "reduction is not like for like")
+        parts.append(f"[yellow]note:[/] in repeat {', '.join(unshared)} the typical and proxy "
+                     "searches drew Hyperband's brackets by study name (made before fxprune "
+                     "shared them): one arm may have been pruned harder, so its time reduction "
+                     "is not like for like")
     if report.kind == "compare":
         summary = Table.grid(padding=(0, 2))
         reduction, gap = report.time_reduction_pct, report.accuracy_gap
