@@ -378,10 +378,12 @@ class ProxyHpo:
                 "(README, HPO)", step["speedup"], dense["device"], dense["batch"], cause)
 
     def report(self, kind: str) -> HpoReport:
+        from hpo.plots import write_plots
         from hpo.report import write_report
 
         result = collect_report(self.config, kind)
         write_report(result, self.out)
+        write_plots(result, self.out)
         return result
 
 
