@@ -226,7 +226,6 @@ def load_run(out: str | Path, storage: str | None = None) -> tuple[HpoConfig, st
     return config, str(saved.get("command", "run"))
 
 
-
 def saved_option(out: Path, key: str) -> Any:
     """Option ``key`` as saved in run folder ``out`` (None if there is none)."""
     try:
@@ -234,6 +233,8 @@ def saved_option(out: Path, key: str) -> Any:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
-__all__ = ["BASE_FINGERPRINT_KEYS", "BRACKET_KEY", "CONFIG_FILE", "CONFIRM_SEED_OFFSET", "FINAL_SEED_OFFSET", "MODES",
-           "PROXY_INITS", "PROXY_LRS", "RANK_SEED_OFFSET", "HpoConfig", "Job", "ProgressCallback",
-           "Snapshot", "arm_seed", "digest", "load_run", "saved_option"]
+
+__all__ = ["BASE_FINGERPRINT_KEYS", "BRACKET_KEY", "CONFIG_FILE", "CONFIRM_SEED_OFFSET",
+           "FINAL_SEED_OFFSET", "MODES", "PROXY_INITS", "PROXY_LRS", "RANK_SEED_OFFSET",
+           "HpoConfig", "Job", "ProgressCallback", "Snapshot", "arm_seed", "digest", "load_run",
+           "saved_option"]
