@@ -294,14 +294,21 @@ def _within(gap: dict, margin: float = 0.5) -> str:
 
 def summarise(folders: list[Path]) -> None:
     """``--summarise F1 F2 ...``: pool the benchmark.json of runs made separately."""
-    results = [_with_brackets(r, folder) for folder in folders
-               for r in json.loads((folder / "benchmark.json").read_text())]
+    results = [_with_brackets(r, folder) for folder in folders for r in _results_of(folder)]
     for result in results:
         stats = result["statistics"]
         print(f"{result['sampler']:>6}: {len(result['repeats'])} repeats, load "
               f"{result.get('load_average')}")
         goal_lines(stats)
     print_pooled(results)
+
+
+def _results_of(folder: Path) -> list[dict]:
+    """A finished run's benchmark.json, or one line and exit 1."""
+    try:
+        return json.loads((folder / "benchmark.json").read_text())
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {folder} is not a finished run of this benchmark ({err})")
 
 
 def _with_brackets(result: dict, folder: Path) -> dict:

@@ -64,3 +64,11 @@ def test_summarise_separates_repeats_whose_arms_shared_hyperbands_brackets(tmp_p
         "by study name, 1 not recorded)" in _summarise(new, old, third)
     (old / "tpe" / "report.json").unlink()
     assert "shared Hyperband's brackets" not in _summarise(new, old, third)
+
+
+def test_summarise_of_a_folder_without_results_is_one_line(tmp_path: Path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--summarise", str(tmp_path / "nothing")],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: {tmp_path / 'nothing'} is not a finished run")
