@@ -107,7 +107,7 @@ def collect_report(config: HpoConfig, kind: str) -> HpoReport:
               for name in names}
     search, finals, repeats, proxy_info, rank, step_time = [], [], [], None, None, None
     hyperband = (hyperband_settings(config.trials, config.epochs)
-                 if config.pruner == "hyperband" and config.epochs >= 2 else None)
+                 if config.search_pruner == "hyperband" else None)
     for repeat in range(config.repeats if kind == "compare" else 1):
         stage = repeat_prefix(config, repeat)
         arms = {}

@@ -143,6 +143,12 @@ class HpoConfig:
         """The stored name of stage ``name`` (``--study-name`` prefixes every stage)."""
         return name if self.study_name is None else f"{self.study_name}:{name}"
 
+    @property
+    def search_pruner(self) -> str:
+        """The pruner a search study runs: ``pruner``, or "none" for one-epoch trials, which
+        have nothing to stop early (planned trials never prune: ``hpo.worker``)."""
+        return self.pruner if self.epochs >= 2 else "none"
+
     def final_seeds(self) -> list[int]:
         return [self.seed + FINAL_SEED_OFFSET + i for i in range(self.seeds)]
 

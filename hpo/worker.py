@@ -193,10 +193,9 @@ def work(config: HpoConfig, job: Job, progress: ProgressCallback | None = None,
     import optuna
 
     quiet_optuna()
-    # Planned trials are never pruned, and a one-epoch run has nothing to stop early.
-    prunes = job.kind == "search" and config.epochs >= 2
+    # Planned trials (finals, confirmations, rank configurations) are never pruned.
     study = optuna.load_study(study_name=job.name, storage=open_storage(config))
-    study.pruner = PRUNERS[config.pruner if prunes else "none"](
+    study.pruner = PRUNERS[config.search_pruner if job.kind == "search" else "none"](
         config.trials, config.epochs, study.user_attrs.get(BRACKET_KEY))
     runner: TrialRunner | None = None
     while True:

@@ -80,6 +80,13 @@ def test_hyperband_defaults_give_the_documented_brackets():
         assert pruner._n_brackets == brackets, (trials, epochs)
 
 
+def test_one_epoch_searches_run_without_a_pruner():
+    # the worker and the report both read this: a one-epoch trial has nothing to stop
+    assert HpoConfig(model="m", pruner="hyperband", epochs=1).search_pruner == "none"
+    assert HpoConfig(model="m", pruner="hyperband", epochs=2).search_pruner == "hyperband"
+    assert HpoConfig(model="m", pruner="median", epochs=5).search_pruner == "median"
+
+
 def test_proxy_trains_a_slim_reinitialised_network(make_config, monkeypatch):
     config = make_config(mode="proxy", trials=2)
     data = driver.load_data(config)
