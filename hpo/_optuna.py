@@ -60,6 +60,21 @@ def record_heartbeat(study: optuna.Study, trial: Any) -> None:
     storage_of(study).record_heartbeat(trial_id(trial))
 
 
+def rdb_storage(url: str, heartbeat_interval: int, grace_period: int,
+                stale_callback: Any) -> optuna.storages.RDBStorage:
+    """``RDBStorage`` with Optuna's heartbeat. The stale-trial callback's keyword is
+    ``heartbeat_stale_trial_callback`` from Optuna 4.9, ``failed_trial_callback`` before."""
+    import inspect
+
+    import optuna
+
+    parameters = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    keyword = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters
+               else "failed_trial_callback")
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
+                                      grace_period=grace_period, **{keyword: stale_callback})
+
+
 def shared_bracket_hyperband(key: str, **settings: Any) -> optuna.pruners.HyperbandPruner:
     """Optuna's ``HyperbandPruner`` with one change: a trial's bracket is drawn from
     ``key`` and its number instead of the study's NAME and its number. With the name, the
@@ -100,5 +115,6 @@ def copy_into(study: optuna.Study, target: optuna.Study) -> None:
         storage.create_new_trial(study_id(target), template_trial=trial)
 
 
-__all__ = ["bracket_id", "copy_into", "fail", "frozen", "has_heartbeat", "record_heartbeat",
-           "set_user_attr", "shared_bracket_hyperband", "storage_of", "study_id", "trial_id"]
+__all__ = ["bracket_id", "copy_into", "fail", "frozen", "has_heartbeat", "rdb_storage",
+           "record_heartbeat", "set_user_attr", "shared_bracket_hyperband", "storage_of",
+           "study_id", "trial_id"]

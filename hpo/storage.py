@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from fxprune.errors import ConfigError, FxPruneError
+from hpo import _optuna
 
 if TYPE_CHECKING:
     import optuna
@@ -70,14 +71,25 @@ def mask_url(url: str) -> str:
 
 def is_storage_failure(err: BaseException | None) -> bool:
     """An error raised by the database layer (SQLAlchemy or its driver, or Optuna's
-    wrapper of them), directly or as the cause of ``err``."""
+    wrapper of them), or an OS error inside Optuna's storages (the journal's disk full or
+    gone), directly or as the cause of ``err``."""
     seen = 0
     while err is not None and seen < 8:
         module = type(err).__module__ or ""
         if module.startswith(("sqlalchemy", "psycopg", "psycopg2", "sqlite3")) or \
-                type(err).__name__ == "StorageInternalError":
+                type(err).__name__ == "StorageInternalError" or \
+                (isinstance(err, OSError) and _raised_in_optuna_storage(err)):
             return True
         err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _raised_in_optuna_storage(err: BaseException) -> bool:
+    frame = err.__traceback__
+    while frame is not None:
+        if "/optuna/storages/" in frame.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        frame = frame.tb_next
     return False
 
 
@@ -107,9 +119,7 @@ def open_storage(config: HpoConfig) -> optuna.storages.BaseStorage:
         try:
             with warnings.catch_warnings():  # heartbeat_interval is "experimental"
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=interval, grace_period=grace,
-                    heartbeat_stale_trial_callback=_note_stale_trial)
+                return _optuna.rdb_storage(url, interval, grace, _note_stale_trial)
         except ImportError as err:
             raise ConfigError(
                 f"cannot open {mask_url(config.storage)}: {err}; for postgresql:// install "
@@ -156,14 +166,16 @@ def take_stale_trials() -> list[optuna.trial.FrozenTrial]:
 
 def database_url(url: str) -> str:
     """``postgresql://`` as written: SQLAlchemy reads it as psycopg2; with only psycopg 3
-    installed (the ``distributed`` extra) the URL is pointed at that driver."""
+    installed (the ``distributed`` extra) the URL is pointed at that driver. The short
+    ``postgres://`` (Heroku's, libpq's), which SQLAlchemy does not know, means the same."""
     if not url.startswith(("postgresql://", "postgres://")):
         return url
     import importlib.util
 
+    rest = url.split("://", 1)[1]
     if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
+        return "postgresql+psycopg://" + rest
+    return "postgresql://" + rest
 
 
 def check_journal(path: Path) -> None:
@@ -172,15 +184,17 @@ def check_journal(path: Path) -> None:
     if not path.is_file() or path.stat().st_size == 0:
         return
     repair_journal(path)
-    with open(path, "rb") as journal:
-        for number, line in enumerate(journal, start=1):
-            try:
-                record = json.loads(line)
-            except ValueError as err:
-                raise StorageError(f"{path}:{number}: corrupt journal line ({err}); restore the "
-                                   "file from a backup or start a new --out") from None
-            if not isinstance(record, dict) or "op_code" not in record:
-                raise StorageError(f"{path}:{number}: not an Optuna journal record")
+    # Another process may append meanwhile: what follows the last newline is its write
+    # under way, not a corrupt line (a torn one was cut above, under the journal's lock).
+    complete = path.read_bytes().split(b"\n")[:-1]
+    for number, line in enumerate(complete, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise StorageError(f"{path}:{number}: corrupt journal line ({err}); restore the "
+                               "file from a backup or start a new --out") from None
+        if not isinstance(record, dict) or "op_code" not in record:
+            raise StorageError(f"{path}:{number}: not an Optuna journal record")
 
 
 def repair_journal(path: Path) -> bool:

@@ -264,3 +264,20 @@ def test_a_database_outage_is_one_line_and_the_same_command_resumes(model_file: 
         assert len(done) == 2
     finally:
         server.remove()
+
+
+@pytest.mark.parametrize("installed, expected", [
+    ({"psycopg"}, "postgresql+psycopg://u:p@db/hpo"),  # the distributed extra alone
+    ({"psycopg", "psycopg2"}, "postgresql://u:p@db/hpo"),  # SQLAlchemy's default driver
+    ({"psycopg2"}, "postgresql://u:p@db/hpo"),
+])
+def test_postgres_urls_name_an_installed_driver(monkeypatch, installed, expected):
+    import importlib.util
+
+    from hpo.storage import database_url
+
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: object() if name in installed else None)
+    for url in ("postgresql://u:p@db/hpo", "postgres://u:p@db/hpo"):
+        assert database_url(url) == expected
+    assert database_url("sqlite:///hpo.db") == "sqlite:///hpo.db"
