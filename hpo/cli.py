@@ -69,7 +69,7 @@ TrainSizeOpt = Annotated[int | None, typer.Option(
 EvalSizeOpt = Annotated[int | None, typer.Option(
     help="Cap the validation and test splits at this many examples (seeded, stratified).")]
 HeartbeatOpt = Annotated[float, typer.Option(
-    help="Seconds between liveness stamps; a trial silent for 3x this is reclaimed.")]
+    help="Seconds between liveness stamps; a trial silent for 3x this (+2 s) is reclaimed.")]
 ProxyInitOpt = Annotated[str, typer.Option(
     help="Proxy weights: fan-in (the model's init rescaled to each slim layer's fan-in) or "
          "model (the model's init at the base widths).")]
@@ -162,19 +162,23 @@ def _detail(snapshot: Any) -> str:
 
 
 class PlainProgress:
-    """One timestamped line per finished epoch and per finished trial, for logs."""
+    """One timestamped line per finished epoch and per finished trial, for logs; trials
+    running at once (``--workers``) each get theirs."""
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
-        self.last: dict[str, tuple[Any, ...]] = {}
+        self.last: dict[tuple[str, Any], tuple[Any, ...]] = {}
 
     def __call__(self, snapshot: Any) -> None:
         if snapshot.trial is not None and snapshot.epoch == 0 and not snapshot.event:
             return  # a trial starting: its first epoch line says enough
-        key = (snapshot.trial, snapshot.epoch, snapshot.done, snapshot.event)
-        if self.last.get(snapshot.study) == key:
+        # a trial's line is new when its epoch is; the counts' line when a trial finished
+        where = (snapshot.study, snapshot.trial)
+        key = ((snapshot.epoch, snapshot.event) if snapshot.trial is not None
+               else (snapshot.done, snapshot.event))
+        if self.last.get(where) == key:
             return
-        self.last[snapshot.study] = key
+        self.last[where] = key
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         line = f"{stamp} {snapshot.study} {snapshot.done}/{snapshot.budget}"
         detail = _detail(snapshot)

@@ -2,7 +2,8 @@
 interrupted run, and on any machine sharing the database).
 
 Time per search arm is two numbers: ``wall_seconds``, the elapsed span (the union of the
-trials' [start, end] intervals, so time between a kill and the resume is not counted and
+trials' [start, end] intervals, so time between a kill and the resume is not counted: a
+killed trial ends at its last heartbeat, not when the resume retired it; and
 trials running at once on several workers or machines count once; plus, for the proxy,
 the seconds spent pruning), and ``trial_seconds``, the summed compute of all trials. The
 ``confirm`` arm (``--confirm``) is the proxy search followed by its confirmation runs: its
@@ -15,6 +16,7 @@ import logging
 import math
 import warnings
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hpo import _optuna, liveness
@@ -77,10 +79,19 @@ def trial_value(trial: optuna.trial.FrozenTrial) -> float | None:
     return None
 
 
+def active_interval(trial: optuna.trial.FrozenTrial) -> tuple[datetime, datetime] | None:
+    """``[start, end]`` of a finished trial's running time: a trial of a killed machine ends
+    at its last heartbeat, not when a later run retired it (``liveness.last_alive``)."""
+    start, end = trial.datetime_start, trial.datetime_complete
+    if start is None or end is None:
+        return None
+    return start, liveness.last_alive(trial) or end
+
+
 def elapsed_span(trials: list[optuna.trial.FrozenTrial]) -> float:
-    """Length of the union of the trials' [start, complete] intervals, in seconds."""
-    intervals = sorted((t.datetime_start, t.datetime_complete) for t in trials
-                       if t.datetime_start is not None and t.datetime_complete is not None)
+    """Length of the union of the trials' active intervals (``active_interval``), in
+    seconds."""
+    intervals = sorted(i for i in map(active_interval, trials) if i is not None)
     total, current_start, current_end = 0.0, None, None
     for start, end in intervals:
         if current_end is None or start > current_end:
@@ -223,7 +234,8 @@ def _record(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialRecord
         number=trial.number, state=trial.state.name, value=trial_value(trial),
         params=dict(trial.user_attrs.get("hyperparams", trial.params)),
         epochs_run=len(trial.intermediate_values),
-        seconds=trial.duration.total_seconds() if trial.duration is not None else None,
+        seconds=(None if (interval := active_interval(trial)) is None
+                 else (interval[1] - interval[0]).total_seconds()),
         reason=trial.user_attrs.get("reason") or liveness.interruption(study, trial),
     )
 
@@ -317,5 +329,5 @@ def summarise_rank(base: optuna.Study, proxy: optuna.Study) -> RankSummary:
         [proxy_scores[k][0] if k in proxy_scores else None for k in keys])
 
 
-__all__ = ["best_trial", "collect_report", "elapsed_span", "repeat_prefix", "summarise_final",
+__all__ = ["active_interval", "best_trial", "collect_report", "elapsed_span", "repeat_prefix", "summarise_final",
            "summarise_rank", "summarise_search", "top_trials"]

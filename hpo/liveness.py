@@ -26,7 +26,8 @@ do not count toward the budget, so a study
 killed at any point ends with exactly ``trials`` finished trials, none lost and none
 repeated. A trial that FAILED (bad data, an exception) is retried once on the next run of
 the command: it is listed under the study attribute ``retried:<number>`` and its point is
-enqueued again (failures are usually fixed between runs; a second failure stays).
+enqueued again (failures are usually fixed between runs; a second failure stays). Being
+interrupted is not a failure: a trial interrupted any number of times keeps its retry.
 """
 
 from __future__ import annotations
@@ -111,11 +112,31 @@ def owner_alive(trial: optuna.trial.FrozenTrial, now: float | None = None,
 
 
 def beat(study: optuna.Study, trial: Any) -> None:
-    """One heartbeat of a running trial: Optuna's on an RDB, else the user attribute."""
+    """One heartbeat of a running trial: Optuna's on an RDB (what judges it there), and the
+    user attribute (the journal's judge; on both, where ``last_alive`` finds a dead
+    machine's trial's end)."""
     if _optuna.has_heartbeat(study):
         _optuna.record_heartbeat(study, trial)
-    else:
-        _optuna.set_user_attr(study, trial, "heartbeat", time.time())
+    _optuna.set_user_attr(study, trial, "heartbeat", time.time())
+
+
+def last_alive(trial: optuna.trial.FrozenTrial) -> datetime | None:
+    """When a trial retired as abandoned (its machine killed or lost) last showed life: its
+    last heartbeat, in this machine's local time like Optuna's stamps. None for any other
+    trial, and when the heartbeat is within the grace of the trial's end (a Ctrl-C, a
+    failure: the recorded end is right). Optuna stamps a retired trial's end when a later
+    run noticed, so the time in between is downtime, not search time (``hpo.collect``)."""
+    from optuna.trial import TrialState
+
+    beat, end = trial.user_attrs.get("heartbeat"), trial.datetime_complete
+    if trial.state != TrialState.FAIL or not isinstance(beat, (int, float)) or end is None:
+        return None
+    grace = 3 * float((trial.user_attrs.get("owner") or {}).get("heartbeat_s", 10.0)) + 2.0
+    last = datetime.fromtimestamp(beat)
+    start = trial.datetime_start
+    if (end - last).total_seconds() <= grace or (start is not None and last < start):
+        return None
+    return last
 
 
 class Heartbeat:
@@ -155,19 +176,27 @@ def is_interrupted(trial: optuna.trial.FrozenTrial, retried: set[int] = frozense
             or trial.number in retried)
 
 
-def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, failed: bool) -> None:
+    """Queue ``trial``'s params and plan again. ``retries`` counts real failures only (a
+    failure is retried once); an interruption is not the trial's fault and uses none."""
     keep = {k: v for k, v in trial.user_attrs.items()
             if k in ("seed", "plan_key", "hyperparams", "retries")}
-    keep["retries"] = int(keep.get("retries", 0)) + 1
+    keep["retries"] = int(keep.get("retries", 0)) + int(failed)
     keep["retry_of"] = trial.number
     study.enqueue_trial(dict(trial.params), user_attrs=keep)
 
 
 def retire_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str) -> None:
-    """Mark ``trial`` FAIL (reason "interrupted ...") and enqueue its params and plan again."""
-    _optuna.set_user_attr(study, trial, "reason", f"{INTERRUPTED}: {why}")
-    _optuna.fail(study, trial)
-    _requeue(study, trial)
+    """Mark ``trial`` FAIL (reason "interrupted ...") and enqueue its params and plan again;
+    nothing when another process finished or retired it meanwhile (it queued them)."""
+    import optuna
+
+    try:
+        _optuna.set_user_attr(study, trial, "reason", f"{INTERRUPTED}: {why}")
+        _optuna.fail(study, trial)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    _requeue(study, trial, failed=False)
     logger.warning("trial %d of %s interrupted (%s); its params are queued again",
                    trial.number, study.study_name, why)
 
@@ -187,7 +216,7 @@ def retry_failures(study: optuna.Study) -> int:
     failed = retryable_failures(study)
     for trial in failed:
         study.set_user_attr(f"{RETRIED_PREFIX}{trial.number}", trial.user_attrs.get("reason"))
-        _requeue(study, trial)
+        _requeue(study, trial, failed=True)
     if failed:
         logger.warning("%s: %d failed trial(s) queued again", study.study_name, len(failed))
     return len(failed)
@@ -210,7 +239,7 @@ def recover_stale(study: optuna.Study) -> int:
         owner = (trial.user_attrs.get("owner") or {}).get("host", "another machine")
         why = f"{INTERRUPTED}: on another machine ({owner}), no heartbeat (Optuna's)"
         study.set_user_attr(f"{INTERRUPTED_PREFIX}{trial.number}", why)
-        _requeue(study, trial)
+        _requeue(study, trial, failed=False)
         logger.warning("trial %d of %s %s; its params are queued again", trial.number,
                        study.study_name, why)
     now = time.time()
@@ -289,5 +318,5 @@ def release(trial: Any) -> None:
 
 __all__ = ["INTERRUPTED", "INTERRUPTED_PREFIX", "Heartbeat", "beat", "claim",
            "counts_toward_budget", "finished", "host_name", "interruption", "is_interrupted",
-           "owner_alive", "recover_stale", "release", "retire_interrupted", "retried_numbers",
+           "last_alive", "owner_alive", "recover_stale", "release", "retire_interrupted", "retried_numbers",
            "retry_failures", "retryable_failures", "running", "work_left"]

@@ -145,11 +145,31 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner) -> 
     and interrupts escape, everything else is written down and the study goes on."""
     import optuna
     import torch
+
+    out_of_memory = tuple(t for t in (MemoryError, getattr(torch, "OutOfMemoryError", None)) if t)
+    event = None
+    try:
+        event = _run_and_tell(study, trial, runner, out_of_memory)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Another process retired this trial as abandoned while it ran (no heartbeat reached
+        # the storage in time: an outage, a paused machine) and queued its params again.
+        event = (f"trial {trial.number} was retired by another process while it ran (its "
+                 "heartbeat did not reach the storage in time); its params run again, "
+                 "this run goes on")
+        logger.warning("%s: %s", study.study_name, event)
+    finally:
+        liveness.release(trial)
+    runner.finished(event)
+
+
+def _run_and_tell(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
+                  out_of_memory: tuple[type[BaseException], ...]) -> str | None:
+    import optuna
+    import torch
     from optuna.trial import TrialState
 
     from hpo.train import TrainingDiverged
 
-    out_of_memory = tuple(t for t in (MemoryError, getattr(torch, "OutOfMemoryError", None)) if t)
     event = None
     try:
         with liveness.Heartbeat(study, trial, runner.config.heartbeat):
@@ -167,8 +187,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner) -> 
         raise
     except KeyboardInterrupt as err:
         why = "terminated (SIGTERM)" if isinstance(err, Terminated) else "stopped by the user"
-        liveness.retire_interrupted(study, _optuna.frozen(study, trial), why)
+        with claim_lock(runner.config):  # no claim between its FAIL and its re-queue
+            liveness.retire_interrupted(study, _optuna.frozen(study, trial), why)
         raise
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise  # retired by another process meanwhile (run_trial)
     except Exception as err:
         if is_storage_failure(err):
             raise
@@ -182,9 +205,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner) -> 
             torch.cuda.empty_cache()
     else:
         study.tell(trial, value, skip_if_finished=True)
-    finally:
-        liveness.release(trial)
-    runner.finished(event)
+    return event
 
 
 def work(config: HpoConfig, job: Job, progress: ProgressCallback | None = None,
@@ -311,14 +332,15 @@ def run_workers(config: HpoConfig, job: Job, progress: ProgressCallback | None) 
 
 def show_remote(study: optuna.Study, job: Job, config: HpoConfig,
                 progress: ProgressCallback) -> None:
-    """A progress snapshot of trials run by other processes (workers, machines)."""
-    active = liveness.running(study)
+    """Progress snapshots of the trials run by other processes (workers, machines): one per
+    running trial, or one of the counts when none runs."""
     done, best = progress_counts(study)
-    current = active[-1] if active else None
-    step = current.last_step if current is not None else None
-    progress(Snapshot(job.name, done, job.budget, current.number if current else None,
-                      step or 0, config.epochs,
-                      current.intermediate_values.get(step) if step is not None else None, best))
+    for current in liveness.running(study) or [None]:
+        step = current.last_step if current is not None else None
+        progress(Snapshot(job.name, done, job.budget, current.number if current else None,
+                          step or 0, config.epochs,
+                          current.intermediate_values.get(step) if step is not None else None,
+                          best))
 
 
 def wait_for_others(study: optuna.Study, job: Job, config: HpoConfig,

@@ -7,21 +7,45 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from optuna.trial import TrialState
 from scipy import stats
 
 from hpo import driver
-from hpo.collect import elapsed_span
+from hpo.collect import _record, active_interval, elapsed_span
 from hpo.config import FINAL_SEED_OFFSET, arm_seed
 from hpo.report import HpoReport, mean_ci
 
+T0 = datetime(2026, 1, 1)
+
+
+def _trial(start: float, end: float, state: str = "COMPLETE", beat: float | None = None):
+    attrs = {"owner": {"heartbeat_s": 10.0}}
+    if beat is not None:  # the "heartbeat" attribute: this machine's clock, epoch seconds
+        attrs["heartbeat"] = (T0 + timedelta(seconds=beat)).timestamp()
+    return SimpleNamespace(datetime_start=T0 + timedelta(seconds=start),
+                           datetime_complete=T0 + timedelta(seconds=end),
+                           state=TrialState[state], user_attrs=attrs, number=0, value=None,
+                           params={}, intermediate_values={})
+
 
 def test_elapsed_span_counts_overlaps_once_and_skips_gaps():
-    t0 = datetime(2026, 1, 1)
-    trial = lambda a, b: SimpleNamespace(datetime_start=t0 + timedelta(seconds=a),
-                                         datetime_complete=t0 + timedelta(seconds=b))
     # two workers overlapping on [0, 10] and [5, 12], a kill, then a resume at [100, 103]
-    assert elapsed_span([trial(0, 10), trial(5, 12), trial(100, 103)]) == 15.0
+    assert elapsed_span([_trial(0, 10), _trial(5, 12), _trial(100, 103)]) == 15.0
     assert elapsed_span([]) == 0.0
+
+
+def test_a_killed_trial_ends_at_its_last_heartbeat_not_when_the_resume_retired_it():
+    # kill -9 at ~40 s (last beat 38 s); the resume at 1000 s marks it FAIL then
+    killed = _trial(0, 1000, "FAIL", beat=38)
+    resumed = _trial(1000, 1030)
+    assert active_interval(killed)[1] == T0 + timedelta(seconds=38)
+    assert elapsed_span([killed, resumed]) == 38 + 30
+    assert _record(killed, SimpleNamespace(user_attrs={})).seconds == 38
+    # a trial failed in its own process (Ctrl-C, an exception): the recorded end stands
+    assert active_interval(_trial(0, 45, "FAIL", beat=38))[1] == T0 + timedelta(seconds=45)
+    # a completed trial never moves; nor does one with no heartbeat recorded
+    assert active_interval(_trial(0, 1000, beat=38))[1] == T0 + timedelta(seconds=1000)
+    assert active_interval(_trial(0, 1000, "FAIL"))[1] == T0 + timedelta(seconds=1000)
 
 
 def test_mean_ci_is_the_student_t_interval():

@@ -4,6 +4,7 @@ caught before anything is stored, logs that are files, data mounted at another p
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import re
@@ -40,6 +41,19 @@ def test_a_corrupt_journal_line_is_one_error_naming_file_and_line(make_config):
     storage._CHECKED.clear()
     with pytest.raises(StorageError, match=re.escape(f"{journal}:3: corrupt journal line")):
         driver.run(config)
+
+
+def test_a_line_being_appended_by_another_process_is_not_corrupt(tmp_path: Path, monkeypatch):
+    from hpo import storage
+
+    journal = tmp_path / "journal.log"
+    journal.write_bytes(b'{"op_code": 0, "worker_id": "a"}\n{"op_code": 5, "wor')
+    # the other process's append began after the torn-line repair released the lock
+    monkeypatch.setattr(storage, "repair_journal", lambda path: False)
+    storage.check_journal(journal)  # no error: the unfinished last line is not judged
+    journal.write_bytes(b'{"op_code": 0}\n{"op_code": 5, "wor\n{"op_code": 1}\n')
+    with pytest.raises(StorageError, match=re.escape(f"{journal}:2: corrupt journal line")):
+        storage.check_journal(journal)
 
 
 def test_a_typo_is_refused_before_anything_is_stored(make_config, tmp_path: Path):
@@ -92,6 +106,42 @@ def test_plain_progress_is_one_timestamped_line_per_epoch_and_trial():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ typical 0/4 trial 0 epoch 1/2 \| "
                         r"acc 50\.0%", lines[0])
     assert lines[1].endswith("typical 1/4 best 75.0%")
+
+
+def test_a_full_disk_under_the_journal_is_one_storage_error(make_config, monkeypatch):
+    from optuna.storages.journal import JournalFileBackend
+
+    config = make_config(mode="typical", trials=3)
+    real, writes = JournalFileBackend.append_logs, []
+
+    def append_logs(self, logs):
+        writes.append(len(logs))
+        if len(writes) > 12:  # mid-run: the first trial has started
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, logs)
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", append_logs)
+    with pytest.raises(StorageError, match=r"journal\.log failed: OSError: \[Errno 28\] No "
+                                           "space left on device; the run is saved up to here"):
+        driver.run(config)
+    monkeypatch.undo()  # space again: the same command resumes and finishes the budget
+    assert driver.run(config).study("typical").counts["COMPLETE"] == 3
+
+
+def test_plain_progress_follows_every_trial_running_at_once():
+    # two workers' trials polled in turn (worker.show_remote): each epoch line once
+    stream = io.StringIO()
+    show = PlainProgress(stream)
+    for _ in range(3):  # three polls of the same state
+        show(Snapshot("typical", 0, 4, trial=0, epoch=1, epochs=2, value=0.5))
+        show(Snapshot("typical", 0, 4, trial=1, epoch=1, epochs=2, value=0.25))
+    show(Snapshot("typical", 0, 4, trial=0, epoch=2, epochs=2, value=0.6))
+    show(Snapshot("typical", 0, 4, trial=1, epoch=1, epochs=2, value=0.25))  # unchanged
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "typical 0/4 trial 0 epoch 1/2 | acc 50.0%",
+        "typical 0/4 trial 1 epoch 1/2 | acc 25.0%",
+        "typical 0/4 trial 0 epoch 2/2 | acc 60.0%"]
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

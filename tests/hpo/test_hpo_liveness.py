@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo import _optuna, liveness
+from hpo import _optuna, liveness, worker
 from hpo.driver import ProxyHpo
 from hpo.liveness import HOST_ENV
 from hpo.storage import heartbeat_settings, open_storage
@@ -92,6 +92,65 @@ def test_the_journal_keeps_the_heartbeat_attribute(make_config):
         assert study.get_trials()[0].user_attrs["heartbeat"] > stamped
     finally:
         liveness.release(trial)
+
+
+class _ReclaimedMidway:
+    """Stands in for ``TrialRunner``: while "training", another process retires the trial
+    (as ``recover_stale`` does for a silent machine); the next epoch report then finds it
+    finished."""
+
+    def __init__(self, config, study):
+        self.config, self.study, self.events = config, study, []
+
+    def __call__(self, trial):
+        other = optuna.load_study(study_name=self.study.study_name,
+                                  storage=open_storage(self.config))
+        liveness.retire_interrupted(other, _optuna.frozen(other, trial), "test: no heartbeat")
+        trial.report(0.5, 1)  # raises: the trial is finished in the storage
+        return 0.5
+
+    def finished(self, event=None):
+        self.events.append(event)
+
+
+def test_a_trial_reclaimed_while_it_runs_is_one_line_and_the_run_goes_on(make_config):
+    config = make_config(mode="typical", trials=2)
+    hpo = ProxyHpo(config)
+    job = hpo.search_job("typical")
+    study = hpo.prepare(job)
+    trial = liveness.claim(study, job, config)
+    runner = _ReclaimedMidway(config, study)
+    worker.run_trial(study, trial, runner)  # no UpdateFinishedTrialError escapes
+
+    assert len(runner.events) == 1 and "retired by another process" in runner.events[0]
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # queued again once
+    assert liveness.is_interrupted(trials[0])
+    # retiring it again (this process's own Ctrl-C handler, say) changes nothing
+    liveness.retire_interrupted(study, trials[0], "stopped by the user")
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]
+    assert liveness.work_left(study, job)  # the interrupted trial left the budget whole
+
+
+def test_an_interruption_does_not_use_up_the_failure_retry(make_config):
+    config = make_config(mode="typical", trials=1)
+    hpo = ProxyHpo(config)
+    job = hpo.search_job("typical")
+    study = hpo.prepare(job)
+    first = liveness.claim(study, job, config)
+    liveness.release(first)
+    liveness.retire_interrupted(study, _optuna.frozen(study, first), "stopped by the user")
+    again = liveness.claim(study, job, config)  # the queued point
+    liveness.release(again)
+    assert again.user_attrs["retry_of"] == first.number
+    again.set_user_attr("reason", "ValueError: bad data")
+    study.tell(again, state=optuna.trial.TrialState.FAIL)
+
+    assert [t.number for t in liveness.retryable_failures(study)] == [again.number]
+    assert liveness.retry_failures(study) == 1
+    retry = study.get_trials()[-1]
+    assert retry.state.name == "WAITING" and retry.user_attrs["retries"] == 1
+    assert liveness.retryable_failures(study) == []  # the one retry is used
 
 
 @pytest.fixture(autouse=True)
