@@ -31,11 +31,14 @@ PROXY_LRS = ("same", "fan-in")
 FINAL_SEED_OFFSET = 1_000_000
 RANK_SEED_OFFSET = 2_000_000
 CONFIRM_SEED_OFFSET = 3_000_000
+MAX_SEED = 2**30
 CONFIG_FILE = "config.json"  # in a run folder: the command and its HpoConfig
 BRACKET_KEY = "bracket_key"  # search study user attr: Job.bracket_key, kept for resumes
 # The options (besides the data digest and the space) every study's results depend on.
 BASE_FINGERPRINT_KEYS = ("model", "data", "image_size", "epochs", "seed", "train_size",
                          "eval_size")
+# A search study's too. Studies stored before they were recorded lack them and still resume.
+SEARCH_FINGERPRINT_KEYS = ("sampler", "pruner")
 STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -88,6 +91,8 @@ class HpoConfig:
             (self.trials >= 1, f"--trials must be at least 1, got {self.trials}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.seeds >= 0, f"--seeds must be 0 or more, got {self.seeds}"),
+            # final, rank and confirmation seeds lie millions above it; numpy takes < 2**32
+            (0 <= self.seed < MAX_SEED, f"--seed must be in [0, {MAX_SEED}), got {self.seed}"),
             (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
             (self.threads is None or self.threads >= 1,
              f"--threads must be at least 1, got {self.threads}"),
@@ -126,10 +131,15 @@ class HpoConfig:
     def replace(self, **changes: Any) -> HpoConfig:
         return dataclasses.replace(self, **changes)
 
-    def fingerprint(self, role: str, data_digest: str | None = None) -> dict[str, Any]:
-        """The options a study's results depend on: resuming with others is refused. The
-        data enters by its content digest, not its path (machines mount it differently)."""
+    def fingerprint(self, role: str, data_digest: str | None = None,
+                    search: bool = False) -> dict[str, Any]:
+        """The options a study's results depend on: resuming with others is refused
+        (``fingerprint_changes``). The data enters by its content digest, not its path
+        (machines mount it differently). ``search``: a search study's, which also depends
+        on its sampler and pruner."""
         data = {k: getattr(self, k) for k in BASE_FINGERPRINT_KEYS}
+        if search:
+            data.update(sampler=self.sampler, pruner=self.search_pruner)
         data["data_digest"] = data_digest
         data["space"] = self.space.to_dict()
         if role == "proxy":
@@ -232,15 +242,35 @@ def load_run(out: str | Path, storage: str | None = None) -> tuple[HpoConfig, st
     return config, str(saved.get("command", "run"))
 
 
+def fingerprint_changes(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The options whose stored value differs from this run's, sorted; a search key that
+    ``stored`` lacks (a study made before it was recorded) is no change."""
+    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k)
+                  and (k in stored or k not in SEARCH_FINGERPRINT_KEYS))
+
+
+def _saved(out: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads((Path(out) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def saved_option(out: Path, key: str) -> Any:
     """Option ``key`` as saved in run folder ``out`` (None if there is none)."""
-    try:
-        return json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["config"].get(key)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+    config = _saved(out).get("config")
+    return config.get(key) if isinstance(config, dict) else None
+
+
+def saved_command(out: Path) -> str | None:
+    """The command ("run"/"compare") saved in run folder ``out`` (None if there is none)."""
+    command = _saved(out).get("command")
+    return command if isinstance(command, str) else None
 
 
 __all__ = ["BASE_FINGERPRINT_KEYS", "BRACKET_KEY", "CONFIG_FILE", "CONFIRM_SEED_OFFSET",
-           "FINAL_SEED_OFFSET", "MODES", "PROXY_INITS", "PROXY_LRS", "RANK_SEED_OFFSET",
-           "HpoConfig", "Job", "ProgressCallback", "Snapshot", "arm_seed", "digest", "load_run",
-           "saved_option"]
+           "FINAL_SEED_OFFSET", "MAX_SEED", "MODES", "PROXY_INITS", "PROXY_LRS",
+           "RANK_SEED_OFFSET", "SEARCH_FINGERPRINT_KEYS", "HpoConfig", "Job",
+           "ProgressCallback", "Snapshot", "arm_seed", "digest", "fingerprint_changes",
+           "load_run", "saved_command", "saved_option"]

@@ -70,7 +70,9 @@ from hpo.config import (
     Snapshot,
     arm_seed,
     digest,
+    fingerprint_changes,
     load_run,
+    saved_command,
     saved_option,
 )
 from hpo.liveness import recover_stale, retry_failures, work_left
@@ -126,9 +128,18 @@ class ProxyHpo:
             network_factory(self.config, data, role)
 
     def _start(self, command: str) -> None:
+        """Make or reopen the run folder: a new or empty folder, or one holding an HPO run
+        (its config.json); never a folder of other files, whose config.json or journal.log
+        this would overwrite."""
+        from fxprune.io import check_writable
+
         out = self.out
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and saved_command(out) is None:
+            raise ConfigError(f"--out {out} holds files but no HPO run (no readable "
+                              f"{CONFIG_FILE} of fxprune hpo); choose a new or empty folder")
+        check_writable(out, "--out")
         out.mkdir(parents=True, exist_ok=True)
         saved = self.config.to_dict()
         if self.config.storage is not None:
@@ -191,7 +202,8 @@ class ProxyHpo:
         """Create the study, or check that the stored one was made with the same options;
         enqueue missing planned trials; reclaim abandoned trials, retry failed ones."""
         storage = open_storage(self.config)
-        fingerprint = self.config.fingerprint(job.role, load_data(self.config).fingerprint())
+        fingerprint = self.config.fingerprint(job.role, load_data(self.config).fingerprint(),
+                                              search=job.kind == "search")
         with claim_lock(self.config):
             study = create_or_load_study(job.name, storage)
             stored = study.user_attrs.get("fingerprint")
@@ -203,9 +215,7 @@ class ProxyHpo:
                     study.set_user_attr("source", job.source)
                 if job.bracket_key is not None:  # kept: a resume draws the same brackets
                     study.set_user_attr(BRACKET_KEY, job.bracket_key)
-            elif stored != fingerprint:
-                changed = sorted(k for k in set(stored) | set(fingerprint)
-                                 if stored.get(k) != fingerprint.get(k))
+            elif changed := fingerprint_changes(stored, fingerprint):
                 first = changed[0]
                 raise ConfigError(
                     f"{self.config.out}: study {job.name!r} was run with {first}="
@@ -278,9 +288,10 @@ class ProxyHpo:
         if config.typical_from:
             raise ConfigError("--typical-from imports a compare's typical arm: use it with "
                               "compare")
-        if config.mode == "final":
-            self._start("run")
+        if config.mode == "final":  # checked before the folder is touched
             source, hyperparams = read_best(self.out)
+            self.validate(("base",))
+            self._start("run")
         else:
             self.validate(("proxy",) if config.mode == "proxy" else ("base",))
             self._start("run")
@@ -421,15 +432,18 @@ def rank_configurations(config: HpoConfig, repeat: int = 0) -> list[HyperParams]
 
 
 def read_best(out: Path) -> tuple[str, HyperParams]:
+    """The winner ``--mode final`` trains: best.json of a typical or proxy run folder."""
     path = out / BEST_FILE
+    if saved_command(out) == "compare":
+        raise ConfigError(f"--mode final trains the winner of a typical or proxy run; {out} "
+                          "holds a compare, which trains its winners itself: run the same "
+                          "compare command again to finish it")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--mode final needs {path}: run --mode typical or proxy first") from None
     except ValueError as err:
         raise ConfigError(f"{path}: not JSON ({err})") from None
-    if isinstance(data, dict) and "hyperparams" not in data and "proxy" in data:
-        data = data["proxy"]  # a compare folder: train the proxy's winner
     if not isinstance(data, dict) or not isinstance(data.get("hyperparams"), dict):
         raise ConfigError(f"{path}: expected {{'mode': ..., 'hyperparams': {{...}}}}")
     return str(data.get("mode", "proxy")), HyperParams.from_dict(data["hyperparams"])

@@ -21,7 +21,8 @@ def write_plots(report: HpoReport, out: Path) -> list[Path]:
         if study.importances:
             written.append(plot_importances(study, out / f"importance_{study.name}.png"))
     if report.rank is not None and report.rank.tau is not None:
-        written.append(plot_proxy_vs_base(report.rank, out / "proxy_vs_base.png"))
+        where = " (repeat 0)" if len(report.repeats) > 1 else ""
+        written.append(plot_proxy_vs_base(report.rank, out / "proxy_vs_base.png", where))
     return written
 
 
@@ -77,7 +78,7 @@ def plot_importances(study: StudySummary, path: Path) -> Path:
     return _save_figure(figure, path)
 
 
-def plot_proxy_vs_base(rank: RankSummary, path: Path) -> Path:
+def plot_proxy_vs_base(rank: RankSummary, path: Path, where: str = "") -> Path:
     plt = _pyplot()
     pairs = [(b, p) for b, p in zip(rank.base_scores, rank.proxy_scores)
              if b is not None and p is not None]
@@ -86,7 +87,7 @@ def plot_proxy_vs_base(rank: RankSummary, path: Path) -> Path:
     low = min(min(pair) for pair in pairs)
     axes.plot([low, 1], [low, 1], color="grey", linestyle=":", linewidth=1)
     axes.set(xlabel="proxy (pruned, reinitialised) accuracy", ylabel="base network accuracy",
-             title=f"Same {len(pairs)} configurations: Kendall tau = {rank.tau:.3f}")
+             title=f"Same {len(pairs)} configurations{where}: Kendall tau = {rank.tau:.3f}")
     return _save_figure(figure, path)
 
 

@@ -441,7 +441,8 @@ def render_report(report: HpoReport) -> Any:
                         "-" if gap is None else f"{gap:+.2f} pp")
         if report.rank is not None:
             tau = report.rank.tau
-            summary.add_row(f"[bold]Kendall tau[/] (K={len(report.rank.params)})",
+            where = ", repeat 0" if len(report.repeats) > 1 else ""  # the mean is below
+            summary.add_row(f"[bold]Kendall tau[/] (K={len(report.rank.params)}{where})",
                             "-" if tau is None else f"{tau:.3f} (p={report.rank.p_value:.3g})")
         if report.repeats:
             statistics = report.statistics()

@@ -36,7 +36,14 @@ from typing import Any
 from fxprune.errors import ConfigError
 from fxprune.io import atomic_path
 from hpo.collect import repeat_prefix
-from hpo.config import BASE_FINGERPRINT_KEYS, HpoConfig, digest, load_run, saved_option
+from hpo.config import (
+    BASE_FINGERPRINT_KEYS,
+    SEARCH_FINGERPRINT_KEYS,
+    HpoConfig,
+    digest,
+    load_run,
+    saved_option,
+)
 
 logger = logging.getLogger("hpo")
 
@@ -197,7 +204,9 @@ def plan_import(config: HpoConfig, fingerprint: dict[str, Any] | None = None, *,
             raise ConfigError(f"--typical-from {where}: repeat {repeat} has no typical search")
         for bare, name in sorted(found.items()):
             study = optuna.load_study(study_name=name, storage=storage)
-            if fingerprint is not None and study.user_attrs.get("fingerprint") != fingerprint:
+            stored = {k: v for k, v in (study.user_attrs.get("fingerprint") or {}).items()
+                      if k not in SEARCH_FINGERPRINT_KEYS}  # checked by name (SHARED_OPTIONS)
+            if fingerprint is not None and stored != fingerprint:
                 raise ConfigError(f"--typical-from {where}: study {name!r} was run with other "
                                   "options or data than this run's base network")
             if why := _unfinished(study, search=bare == "typical"):

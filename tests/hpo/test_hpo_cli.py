@@ -65,6 +65,8 @@ def test_space_file_reaches_the_study(model_file: Path, tmp_path: Path):
     (["--confirm", "-1"], "--confirm must be 0 (off) or more"),
     (["--confirm", "2", "--mode", "typical"], "use it with --mode proxy"),
     (["--proxy-lr", "mup"], "--proxy-lr 'mup': choose one of same, fan-in"),
+    (["--seed", "-1"], "--seed must be in [0, 1073741824)"),
+    (["--seed", "5000000000"], "--seed must be in [0, 1073741824)"),
 ])
 def test_user_mistakes_are_one_red_line(model_file: Path, tmp_path: Path, args, match):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -90,6 +92,33 @@ def test_report_and_final_need_a_run_folder(model_file: Path, tmp_path: Path):
     result = invoke("run", model_file, "--mode", "final", "--data", "synthetic", "--quiet",
                     "--out", tmp_path / "run")
     assert_one_line_error(result, "--mode final needs")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+    # a compare folder trains its own winners: its config.json and report stay as they are
+    folder = tmp_path / "compare"
+    folder.mkdir()
+    saved = json.dumps({"command": "compare", "config": {"model": str(model_file), "repeats": 3}})
+    (folder / "config.json").write_text(saved)
+    (folder / "best.json").write_text(json.dumps(
+        {"proxy": {"mode": "proxy", "hyperparams": {"lr": 0.01}}}))
+    result = invoke("run", model_file, "--mode", "final", "--data", "synthetic", "--quiet",
+                    "--out", folder)
+    assert_one_line_error(result, "holds a compare, which trains its winners itself")
+    assert (folder / "config.json").read_text() == saved
+    assert sorted(p.name for p in folder.iterdir()) == ["best.json", "config.json"]
+
+
+def test_a_folder_of_other_files_is_never_written_into(model_file: Path, tmp_path: Path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"lr": 0.1}')  # the user's own, not an HPO run's
+    (folder / "journal.log").write_text("day 1")  # no final newline: not ours to "repair"
+    for command in ("run", "compare"):
+        result = invoke(command, model_file, *FAST, "--out", folder)
+        assert_one_line_error(result, "holds files but no HPO run")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "journal.log"]
+    assert (folder / "config.json").read_text() == '{"lr": 0.1}'
+    assert (folder / "journal.log").read_text() == "day 1"
 
 
 def test_compare_needs_seeds(model_file: Path, tmp_path: Path):

@@ -22,6 +22,7 @@ import hpo.network
 import hpo.train
 from fxprune.errors import ConfigError, FxPruneError
 from hpo import _optuna, driver, worker
+from hpo.config import fingerprint_changes
 from hpo.driver import HpoConfig, NetworkFactory, hyperband_settings
 from hpo.space import SearchSpace
 
@@ -282,6 +283,23 @@ def test_resuming_with_other_options_is_refused(make_config):
     driver.run(make_config(mode="typical", trials=2))  # a bigger budget is fine
     with pytest.raises(ConfigError, match="epochs=2, this run asks 3"):
         driver.run(make_config(mode="typical", trials=2, epochs=3))
+    # a search is not resumed by another sampler or pruner either
+    with pytest.raises(ConfigError, match="sampler='random', this run asks 'tpe'"):
+        driver.run(make_config(mode="typical", trials=2, sampler="tpe"))
+    with pytest.raises(ConfigError, match="pruner='none', this run asks 'median'"):
+        driver.run(make_config(mode="typical", trials=2, pruner="median"))
+
+
+def test_studies_stored_before_the_search_keys_still_resume():
+    config = HpoConfig(model="m")
+    old = config.fingerprint("base", "d")  # what a search study stored before
+    new = config.fingerprint("base", "d", search=True)
+    assert new == {**old, "sampler": "tpe", "pruner": "hyperband"}
+    assert fingerprint_changes(old, new) == []
+    assert fingerprint_changes(new, config.replace(sampler="gp").fingerprint(
+        "base", "d", search=True)) == ["sampler"]
+    assert fingerprint_changes(old, config.replace(epochs=3).fingerprint(
+        "base", "d", search=True)) == ["epochs"]
 
 
 def test_final_mode_trains_the_base_network_with_best_json(make_config, model_file: Path):

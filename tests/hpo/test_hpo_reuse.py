@@ -110,6 +110,7 @@ def test_a_copy_cut_short_is_redone(first, tmp_path, monkeypatch):
 def test_an_empty_study_left_by_a_kill_before_the_mark_is_redone(first, tmp_path):
     source, before = first
     config = source.replace(out=str(tmp_path / "second"), kendall_k=0, typical_from=source.out)
+    driver.ProxyHpo(config)._start("compare")  # the run folder is made first, then the copy
     optuna.create_study(study_name="r0-typical", storage=driver.open_storage(config))
     report = driver.compare(config)
     assert [t.value for t in report.study("r0-typical").trials] == [
