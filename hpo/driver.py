@@ -127,19 +127,25 @@ class ProxyHpo:
         for role in roles:
             network_factory(self.config, data, role)
 
-    def _start(self, command: str) -> None:
-        """Make or reopen the run folder: a new or empty folder, or one holding an HPO run
-        (its config.json); never a folder of other files, whose config.json or journal.log
-        this would overwrite."""
+    def check_out(self) -> None:
+        """Before anything opens the run folder: it is new, or an HPO run's (its
+        config.json), or holds neither a config.json nor a journal.log (a Slurm log, a
+        best.json for ``--mode final``); a user's config.json or journal.log is never
+        overwritten or "repaired". And it can be written."""
         from fxprune.io import check_writable
 
         out = self.out
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder")
-        if out.is_dir() and any(out.iterdir()) and saved_command(out) is None:
-            raise ConfigError(f"--out {out} holds files but no HPO run (no readable "
-                              f"{CONFIG_FILE} of fxprune hpo); choose a new or empty folder")
+        found = [name for name in (CONFIG_FILE, JOURNAL_FILE) if (out / name).exists()]
+        if found and saved_command(out) is None:
+            raise ConfigError(f"--out {out} holds a {found[0]} that is not an HPO run's (no "
+                              f"readable {CONFIG_FILE} of fxprune hpo); it is never written "
+                              "into: choose another folder")
         check_writable(out, "--out")
+
+    def _start(self, command: str) -> None:
+        out = self.out
         out.mkdir(parents=True, exist_ok=True)
         saved = self.config.to_dict()
         if self.config.storage is not None:
@@ -288,6 +294,7 @@ class ProxyHpo:
         if config.typical_from:
             raise ConfigError("--typical-from imports a compare's typical arm: use it with "
                               "compare")
+        self.check_out()
         if config.mode == "final":  # checked before the folder is touched
             source, hyperparams = read_best(self.out)
             self.validate(("base",))
@@ -316,6 +323,7 @@ class ProxyHpo:
         if config.seeds < 1:
             raise ConfigError("compare trains each winner on the base network: --seeds must "
                               "be >= 1")
+        self.check_out()
         self.validate(("base", "proxy"))
         if not config.typical_from:  # resumed without it: the import stays (and is reported)
             config = self.config = config.replace(typical_from=saved_option(

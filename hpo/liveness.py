@@ -1,15 +1,17 @@
 """Who runs which trial, whether they are still alive, and how a trial is claimed.
 
 A claimed trial is stamped with its owner (host, pid, process start time, heartbeat
-interval) and, while it runs, a heartbeat thread beats every ``--heartbeat`` seconds. Optuna
-beats only inside ``study.optimize`` and the driver uses ask/tell, so the thread is ours;
-what it records depends on the storage:
+interval, claim time) and, while it runs, a heartbeat thread beats every ``--heartbeat``
+seconds. Optuna beats only inside ``study.optimize`` and the driver uses ask/tell, so the
+thread is ours. Each beat writes a ``heartbeat`` user attribute (this machine's clock) and,
+on an RDB, Optuna's own heartbeat. What judges a silent machine depends on the storage:
 
-* RDB (``--storage``): Optuna's own heartbeat (``storage.record_heartbeat``, stamped with
-  the database's clock; ``hpo.storage`` opens the RDB with ``heartbeat_interval`` and
-  ``grace_period``), and ``optuna.storages.fail_stale_trials`` fails the trials of a silent
-  machine;
-* journal: a ``heartbeat`` user attribute holding this machine's clock.
+* RDB (``--storage``): Optuna's heartbeat (``storage.record_heartbeat``, stamped with the
+  database's clock; ``hpo.storage`` opens the RDB with ``heartbeat_interval`` and
+  ``grace_period``), and ``optuna.storages.fail_stale_trials`` fails its trials;
+* journal: the ``heartbeat`` attribute.
+
+The attribute also ends a killed trial's time at its last beat (``last_alive``).
 
 A RUNNING trial is abandoned when
 
@@ -38,7 +40,7 @@ import socket
 import threading
 import time
 import warnings
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +79,7 @@ def process_start(pid: int) -> str | None:
 
 def owner_stamp(config: HpoConfig) -> dict[str, Any]:
     return {"host": host_name(), "pid": os.getpid(), "start": process_start(os.getpid()),
-            "heartbeat_s": config.heartbeat}
+            "heartbeat_s": config.heartbeat, "claimed": time.time()}
 
 
 def owner_alive(trial: optuna.trial.FrozenTrial, now: float | None = None,
@@ -122,21 +124,22 @@ def beat(study: optuna.Study, trial: Any) -> None:
 
 def last_alive(trial: optuna.trial.FrozenTrial) -> datetime | None:
     """When a trial retired as abandoned (its machine killed or lost) last showed life: its
-    last heartbeat, in this machine's local time like Optuna's stamps. None for any other
-    trial, and when the heartbeat is within the grace of the trial's end (a Ctrl-C, a
-    failure: the recorded end is right). Optuna stamps a retired trial's end when a later
-    run noticed, so the time in between is downtime, not search time (``hpo.collect``)."""
+    last heartbeat, on the clock of Optuna's own stamps (its start plus the owner's seconds
+    from claim to last beat: no time zone enters). None for any other trial, and when the
+    heartbeat is within the grace of the trial's end (a Ctrl-C, a failure: the recorded end
+    is right). Optuna stamps a retired trial's end when a later run noticed, so the time in
+    between is downtime, not search time (``hpo.collect``)."""
     from optuna.trial import TrialState
 
-    beat, end = trial.user_attrs.get("heartbeat"), trial.datetime_complete
-    if trial.state != TrialState.FAIL or not isinstance(beat, (int, float)) or end is None:
+    owner = trial.user_attrs.get("owner") or {}
+    beat, claimed = trial.user_attrs.get("heartbeat"), owner.get("claimed")
+    start, end = trial.datetime_start, trial.datetime_complete
+    if (trial.state != TrialState.FAIL or start is None or end is None
+            or not all(isinstance(v, (int, float)) for v in (beat, claimed))):
         return None
-    grace = 3 * float((trial.user_attrs.get("owner") or {}).get("heartbeat_s", 10.0)) + 2.0
-    last = datetime.fromtimestamp(beat)
-    start = trial.datetime_start
-    if (end - last).total_seconds() <= grace or (start is not None and last < start):
-        return None
-    return last
+    last = start + timedelta(seconds=max(0.0, beat - claimed))
+    grace = 3 * float(owner.get("heartbeat_s", 10.0)) + 2.0
+    return last if (end - last).total_seconds() > grace else None
 
 
 class Heartbeat:

@@ -380,7 +380,8 @@ def render_report(report: HpoReport) -> Any:
     header = Table.grid(padding=(0, 2))
     header.add_row("model", str(config.get("model")), "data", str(report.data.get("name")
                                                                or config.get("data")))
-    header.add_row("sampler", str(config.get("sampler")), "pruner", str(config.get("pruner")))
+    pruner = config.get("pruner") if (config.get("epochs") or 2) >= 2 else "none"  # search_pruner
+    header.add_row("sampler", str(config.get("sampler")), "pruner", str(pruner))
     header.add_row("trials", str(config.get("trials")), "epochs", str(config.get("epochs")))
     header.add_row("seed", str(config.get("seed")), "final seeds", str(config.get("seeds")))
     parts.append(header)

@@ -16,6 +16,7 @@ overrides: on a machine shared with other jobs, 1 thread avoids OpenMP oversubsc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -182,8 +183,10 @@ def _run_and_tell(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
         study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         event = f"trial {trial.number} {err}"
     except FxPruneError as err:
-        trial.set_user_attr("reason", str(err))
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        # a user error stops the run even if the trial was retired meanwhile
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            trial.set_user_attr("reason", str(err))
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     except KeyboardInterrupt as err:
         why = "terminated (SIGTERM)" if isinstance(err, Terminated) else "stopped by the user"
@@ -332,10 +335,10 @@ def run_workers(config: HpoConfig, job: Job, progress: ProgressCallback | None) 
 
 def show_remote(study: optuna.Study, job: Job, config: HpoConfig,
                 progress: ProgressCallback) -> None:
-    """Progress snapshots of the trials run by other processes (workers, machines): one per
-    running trial, or one of the counts when none runs."""
+    """Progress snapshots of the trials run by other processes (workers, machines): one of
+    the counts, then one per running trial."""
     done, best = progress_counts(study)
-    for current in liveness.running(study) or [None]:
+    for current in [None, *liveness.running(study)]:
         step = current.last_step if current is not None else None
         progress(Snapshot(job.name, done, job.budget, current.number if current else None,
                           step or 0, config.epochs,

@@ -113,12 +113,25 @@ def test_a_folder_of_other_files_is_never_written_into(model_file: Path, tmp_pat
     folder.mkdir()
     (folder / "config.json").write_text('{"lr": 0.1}')  # the user's own, not an HPO run's
     (folder / "journal.log").write_text("day 1")  # no final newline: not ours to "repair"
-    for command in ("run", "compare"):
-        result = invoke(command, model_file, *FAST, "--out", folder)
-        assert_one_line_error(result, "holds files but no HPO run")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "journal.log"]
-    assert (folder / "config.json").read_text() == '{"lr": 0.1}'
+    source = tmp_path / "source"  # --typical-from opens this run's journal: not before
+    for command, extra in (("run", ()), ("compare", ()), ("compare", ("--typical-from", source))):
+        result = invoke(command, model_file, *FAST, *extra, "--out", folder)
+        assert_one_line_error(result, "holds a config.json that is not an HPO run's")
+    (folder / "config.json").unlink()
+    assert_one_line_error(invoke("run", model_file, *FAST, "--out", folder),
+                          "holds a journal.log that is not an HPO run's")
+    assert sorted(p.name for p in folder.iterdir()) == ["journal.log"]
     assert (folder / "journal.log").read_text() == "day 1"
+
+
+def test_a_folder_with_a_log_in_it_is_a_new_run_folder(model_file: Path, tmp_path: Path):
+    folder = tmp_path / "slurm"  # sbatch --output=slurm/%j.out makes the log first
+    folder.mkdir()
+    (folder / "123.out").write_text("starting\n")
+    result = invoke("run", model_file, *FAST, "--seeds", "0", "--out", folder)
+    assert result.exit_code == 0, result.output
+    assert (folder / "123.out").read_text() == "starting\n"
+    assert (folder / "config.json").is_file() and (folder / "best.json").is_file()
 
 
 def test_compare_needs_seeds(model_file: Path, tmp_path: Path):

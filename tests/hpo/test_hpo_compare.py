@@ -19,7 +19,7 @@ T0 = datetime(2026, 1, 1)
 
 
 def _trial(start: float, end: float, state: str = "COMPLETE", beat: float | None = None):
-    attrs = {"owner": {"heartbeat_s": 10.0}}
+    attrs = {"owner": {"heartbeat_s": 10.0, "claimed": (T0 + timedelta(seconds=start)).timestamp()}}
     if beat is not None:  # the "heartbeat" attribute: this machine's clock, epoch seconds
         attrs["heartbeat"] = (T0 + timedelta(seconds=beat)).timestamp()
     return SimpleNamespace(datetime_start=T0 + timedelta(seconds=start),

@@ -132,6 +132,25 @@ def test_a_trial_reclaimed_while_it_runs_is_one_line_and_the_run_goes_on(make_co
     assert liveness.work_left(study, job)  # the interrupted trial left the budget whole
 
 
+def test_a_user_error_still_stops_the_run_after_its_trial_was_retired(make_config):
+    from fxprune.errors import DataError
+
+    class BadData(_ReclaimedMidway):
+        def __call__(self, trial):
+            other = optuna.load_study(study_name=self.study.study_name,
+                                      storage=open_storage(self.config))
+            liveness.retire_interrupted(other, _optuna.frozen(other, trial), "test")
+            raise DataError("images/0.png: cannot decode image")
+
+    config = make_config(mode="typical", trials=2)
+    hpo = ProxyHpo(config)
+    job = hpo.search_job("typical")
+    study = hpo.prepare(job)
+    trial = liveness.claim(study, job, config)
+    with pytest.raises(DataError, match="cannot decode"):
+        worker.run_trial(study, trial, BadData(config, study))
+
+
 def test_an_interruption_does_not_use_up_the_failure_retry(make_config):
     config = make_config(mode="typical", trials=1)
     hpo = ProxyHpo(config)
