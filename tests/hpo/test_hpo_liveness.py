@@ -79,12 +79,17 @@ def test_a_silent_machines_trial_is_failed_by_optuna_and_queued_again(make_confi
     assert reasons and reasons[0].startswith("interrupted: on another machine")
 
 
-def test_the_journal_keeps_the_heartbeat_attribute(make_config):
-    config = make_config(mode="typical", trials=1)
+def _claimed(make_config, trials: int):
+    """A journal run's search study with one trial claimed by this process."""
+    config = make_config(mode="typical", trials=trials)
     hpo = ProxyHpo(config)
     job = hpo.search_job("typical")
     study = hpo.prepare(job)
-    trial = liveness.claim(study, job, config)
+    return config, job, study, liveness.claim(study, job, config)
+
+
+def test_the_journal_keeps_the_heartbeat_attribute(make_config):
+    _, _, study, trial = _claimed(make_config, 1)
     try:
         stamped = study.get_trials()[0].user_attrs["heartbeat"]
         time.sleep(0.05)
@@ -114,11 +119,7 @@ class _ReclaimedMidway:
 
 
 def test_a_trial_reclaimed_while_it_runs_is_one_line_and_the_run_goes_on(make_config):
-    config = make_config(mode="typical", trials=2)
-    hpo = ProxyHpo(config)
-    job = hpo.search_job("typical")
-    study = hpo.prepare(job)
-    trial = liveness.claim(study, job, config)
+    config, job, study, trial = _claimed(make_config, 2)
     runner = _ReclaimedMidway(config, study)
     worker.run_trial(study, trial, runner)  # no UpdateFinishedTrialError escapes
 
@@ -142,21 +143,13 @@ def test_a_user_error_still_stops_the_run_after_its_trial_was_retired(make_confi
             liveness.retire_interrupted(other, _optuna.frozen(other, trial), "test")
             raise DataError("images/0.png: cannot decode image")
 
-    config = make_config(mode="typical", trials=2)
-    hpo = ProxyHpo(config)
-    job = hpo.search_job("typical")
-    study = hpo.prepare(job)
-    trial = liveness.claim(study, job, config)
+    config, _, study, trial = _claimed(make_config, 2)
     with pytest.raises(DataError, match="cannot decode"):
         worker.run_trial(study, trial, BadData(config, study))
 
 
 def test_an_interruption_does_not_use_up_the_failure_retry(make_config):
-    config = make_config(mode="typical", trials=1)
-    hpo = ProxyHpo(config)
-    job = hpo.search_job("typical")
-    study = hpo.prepare(job)
-    first = liveness.claim(study, job, config)
+    config, job, study, first = _claimed(make_config, 1)
     liveness.release(first)
     liveness.retire_interrupted(study, _optuna.frozen(study, first), "stopped by the user")
     again = liveness.claim(study, job, config)  # the queued point
