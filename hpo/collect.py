@@ -329,5 +329,5 @@ def summarise_rank(base: optuna.Study, proxy: optuna.Study) -> RankSummary:
         [proxy_scores[k][0] if k in proxy_scores else None for k in keys])
 
 
-__all__ = ["active_interval", "best_trial", "collect_report", "elapsed_span", "repeat_prefix", "summarise_final",
-           "summarise_rank", "summarise_search", "top_trials"]
+__all__ = ["active_interval", "best_trial", "collect_report", "elapsed_span", "repeat_prefix",
+           "summarise_final", "summarise_rank", "summarise_search", "top_trials"]

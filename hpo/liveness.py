@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from hpo import _optuna
 from hpo.config import HpoConfig, Job
 from hpo.registry import SAMPLERS
-from hpo.storage import claim_lock, take_stale_trials
+from hpo.storage import claim_lock, grace_seconds, take_stale_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -96,8 +96,7 @@ def owner_alive(trial: optuna.trial.FrozenTrial, now: float | None = None,
         beat = trial.user_attrs.get("heartbeat")
         if beat is None:
             return True  # an old run without heartbeats: we cannot tell
-        grace = 3 * float(owner.get("heartbeat_s", 10.0)) + 2.0
-        return (now or time.time()) - float(beat) <= grace
+        return (now or time.time()) - float(beat) <= _grace(owner)
     pid = int(owner.get("pid", -1))
     if pid == os.getpid() and owner.get("start") == process_start(pid):
         return _optuna.trial_id(trial) in _ACTIVE_TRIALS
@@ -138,8 +137,12 @@ def last_alive(trial: optuna.trial.FrozenTrial) -> datetime | None:
             or not all(isinstance(v, (int, float)) for v in (beat, claimed))):
         return None
     last = start + timedelta(seconds=max(0.0, beat - claimed))
-    grace = 3 * float(owner.get("heartbeat_s", 10.0)) + 2.0
-    return last if (end - last).total_seconds() > grace else None
+    return last if (end - last).total_seconds() > _grace(owner) else None
+
+
+def _grace(owner: dict[str, Any]) -> float:
+    """The silence after which the owner's trial counts as abandoned, by its own interval."""
+    return grace_seconds(float(owner.get("heartbeat_s", 10.0)))
 
 
 class Heartbeat:
@@ -321,5 +324,5 @@ def release(trial: Any) -> None:
 
 __all__ = ["INTERRUPTED", "INTERRUPTED_PREFIX", "Heartbeat", "beat", "claim",
            "counts_toward_budget", "finished", "host_name", "interruption", "is_interrupted",
-           "last_alive", "owner_alive", "recover_stale", "release", "retire_interrupted", "retried_numbers",
-           "retry_failures", "retryable_failures", "running", "work_left"]
+           "last_alive", "owner_alive", "recover_stale", "release", "retire_interrupted",
+           "retried_numbers", "retry_failures", "retryable_failures", "running", "work_left"]

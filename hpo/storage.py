@@ -142,10 +142,16 @@ def open_storage(config: HpoConfig) -> optuna.storages.BaseStorage:
     raise AssertionError("unreachable")
 
 
+def grace_seconds(heartbeat: float) -> float:
+    """How long a trial beating every ``heartbeat`` seconds may stay silent before it counts
+    as abandoned: three beats plus two seconds (journal and RDB alike)."""
+    return 3 * heartbeat + 2.0
+
+
 def heartbeat_settings(heartbeat: float) -> tuple[int, int]:
     """Optuna's ``(heartbeat_interval, grace_period)`` for ``--heartbeat`` seconds (Optuna
-    takes whole seconds): the grace is the journal's rule, three beats plus two seconds."""
-    return max(1, round(heartbeat)), max(1, math.ceil(3 * heartbeat + 2))
+    takes whole seconds): the grace is ``grace_seconds``, rounded up."""
+    return max(1, round(heartbeat)), max(1, math.ceil(grace_seconds(heartbeat)))
 
 
 _STALE_FAILED: list[optuna.trial.FrozenTrial] = []
@@ -283,5 +289,6 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage) -> opt
 
 
 __all__ = ["CLAIM_LOCK_FILE", "JOURNAL_FILE", "StorageError", "check_journal", "claim_lock",
-           "create_or_load_study", "database_url", "heartbeat_settings", "is_storage_failure",
+           "create_or_load_study", "database_url", "grace_seconds", "heartbeat_settings",
+           "is_storage_failure",
            "mask_url", "open_storage", "repair_journal", "storage_error", "take_stale_trials"]

@@ -145,12 +145,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner) -> 
     """Run one claimed trial and record how it ended; only user errors, storage failures
     and interrupts escape, everything else is written down and the study goes on."""
     import optuna
-    import torch
 
-    out_of_memory = tuple(t for t in (MemoryError, getattr(torch, "OutOfMemoryError", None)) if t)
     event = None
     try:
-        event = _run_and_tell(study, trial, runner, out_of_memory)
+        event = _run_and_tell(study, trial, runner)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another process retired this trial as abandoned while it ran (no heartbeat reached
         # the storage in time: an outage, a paused machine) and queued its params again.
@@ -163,14 +161,15 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner) -> 
     runner.finished(event)
 
 
-def _run_and_tell(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
-                  out_of_memory: tuple[type[BaseException], ...]) -> str | None:
+def _run_and_tell(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner) -> str | None:
+    """Train ``trial`` and record how it ended; returns the line worth printing, if any."""
     import optuna
     import torch
     from optuna.trial import TrialState
 
     from hpo.train import TrainingDiverged
 
+    out_of_memory = tuple(t for t in (MemoryError, getattr(torch, "OutOfMemoryError", None)) if t)
     event = None
     try:
         with liveness.Heartbeat(study, trial, runner.config.heartbeat):
